@@ -1,0 +1,125 @@
+"""Aggregate result records into markdown leaderboards (tabulate), with the raw records beside them."""
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+from tabulate import tabulate
+
+from .io import atomic_write_text
+from .plugins import registries
+
+
+def row_label(rec: dict) -> str:
+    preset = rec["backbone"].get("preset")
+    b = rec["backbone"]["name"] + (f"[{preset}]" if preset and preset != "default" else "")
+    return f"{rec['method']['name']} × {b}"
+
+
+def group(records: Iterable[dict]) -> dict:
+    """{(adapt_k, row, task): {seed: record}}; a later record of the same seed replaces an earlier one."""
+    out: dict = defaultdict(dict)
+    for r in records:
+        out[(r["adapt"]["k"], row_label(r), r["config"]["task"])][r["seed"]] = r
+    return out
+
+
+def _fmt(vals: list[float]) -> str:
+    if len(vals) == 1:
+        return f"{vals[0]:.4f}"
+    return f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}"
+
+
+def metric_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bool,
+                 tasks: list[str]) -> tuple[list[list[str]], list[str]]:
+    rows = sorted({r for (k, r, _t) in groups if k == adapt_k})
+    means = {(r, t): np.mean([rec["metrics"][metric] for rec in groups[(adapt_k, r, t)].values()])
+             for (k, r, t) in groups if k == adapt_k}
+    vals = {(r, t): [rec["metrics"][metric] for rec in groups[(adapt_k, r, t)].values()]
+            for (k, r, t) in groups if k == adapt_k}
+    best = {}
+    ranks: dict = defaultdict(list)
+    for t in tasks:
+        col = [(means[(r, t)], r) for r in rows if (r, t) in means and np.isfinite(means[(r, t)])]
+        if not col:
+            continue
+        col.sort(key=lambda x: -x[0] if higher_is_better else x[0])
+        best[t] = col[0][0]
+        order = np.array([v for v, _ in col])
+        for v, r in col:
+            # average rank for ties
+            better = np.sum(order > v) if higher_is_better else np.sum(order < v)
+            ties = np.sum(order == v)
+            ranks[r].append(better + (ties + 1) / 2)
+    table = []
+    for r in rows:
+        line = [r]
+        for t in tasks:
+            if (r, t) not in vals:
+                line.append("–")
+                continue
+            cell = _fmt(vals[(r, t)])
+            if t in best and means[(r, t)] == best[t] and sum(1 for rr in rows if (rr, t) in means) > 1:
+                cell = f"**{cell}**"
+            line.append(cell)
+        line.append(f"{np.mean(ranks[r]):.2f}" if ranks[r] else "–")
+        table.append(line)
+    table.sort(key=lambda line: float(line[-1]) if line[-1] != "–" else 1e9)
+    return table, ["method × backbone", *tasks, "avg rank"]
+
+
+def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
+          metrics: Optional[list[str]] = None) -> str:
+    regs = registries()
+    groups = group(records)
+    tasks = tasks or sorted({t for (_k, _r, t) in groups})
+    metrics = metrics or regs.metrics.names()
+    lines = [f"# {title}", ""]
+    n_seeds = sorted({len(v) for v in groups.values()})
+    lines += [f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({', '.join(map(str, n_seeds))} "
+              f"seeds per cell); a single value where one seed ran. **Bold**: best in its column. "
+              f"avg rank: mean over tasks of the row's rank (1 = best, ties averaged). Metrics are in the task's "
+              f"label units (after its transform). Produced by `oodbench leaderboard` from the records in `raw/`.", ""]
+    for k in sorted({k for (k, _r, _t) in groups}):
+        lines += [f"## {'Zero-shot' if k == 0 else f'Adapted (k = {k} labelled target samples)'}", ""]
+        for m in metrics:
+            metric = regs.metrics.get(m)
+            table, header = metric_table(groups, k, m, metric.higher_is_better, tasks)
+            if all(all(c == "–" or c.endswith("nan") or "nan" in c for c in line[1:-1]) for line in table):
+                continue
+            arrow = "higher is better" if metric.higher_is_better else "lower is better"
+            lines += [f"### {m} ({metric.description}; {arrow})", "", tabulate(table, header, tablefmt="github"), ""]
+    lines += ["## How these were produced", ""]
+    prov = defaultdict(set)
+    for (k, r, t), seeds in groups.items():
+        for rec in seeds.values():
+            env = rec["environment"]
+            prov[r].add((env["device"]["type"], env["device"].get("name", ""),
+                         str(env["git"].get("commit", ""))[:10], _short_params(rec)))
+    for r in sorted(prov):
+        for dev, name, commit, params in sorted(prov[r]):
+            lines.append(f"- {r}: device {dev} ({name}), commit {commit}, {params}")
+    return "\n".join(lines) + "\n"
+
+
+def _short_params(rec: dict) -> str:
+    mp = rec["method"]["params"]
+    keys = [k for k in ("max_epochs", "batch_size", "lr") if k in mp]
+    return ", ".join(f"{k}={mp[k]}" for k in keys) + f"; backbone {rec['backbone']['params']}"
+
+
+def publish(records: list[dict], out_dir, title: str, tasks=None, metrics=None) -> Path:
+    """Write ``out_dir/README.md`` and copy the records into ``out_dir/raw/`` (paths mirror the store)."""
+    out_dir = Path(out_dir)
+    raw = out_dir / "raw"
+    for rec in records:
+        src = rec.get("path")
+        c = rec["config"]
+        dest = raw / c["task"].replace(":", "=") / c["method"] / c["backbone"] / Path(src or "x.json").name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src and Path(src).resolve() != dest.resolve():
+            shutil.copyfile(src, dest)
+    return atomic_write_text(out_dir / "README.md", build(records, title, tasks, metrics))

@@ -1,0 +1,266 @@
+"""Run one (task, method, backbone, seed) config, or a sweep of them, into a results store."""
+from __future__ import annotations
+
+import json
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from . import __version__
+from .api import COMPOSITION, STRUCTURE, Context, FitData, Subset
+from .metrics import compute_all
+from .plugins import registries
+from .provenance import environment, resolve_device
+from .results import SCHEMA_VERSION, ResultStore, config_hash
+from .tasks import TaskData, get_task
+
+
+class IncompatibleError(ValueError):
+    """The task, method and backbone cannot be combined; the message says why and what to use instead."""
+
+
+@dataclass
+class RunSpec:
+    task: str
+    method: str
+    backbone: Optional[str] = None          # None: the method's default backbone
+    seed: int = 0
+    method_params: dict = field(default_factory=dict)
+    backbone_params: dict = field(default_factory=dict)
+    preset: Optional[str] = None            # backbone preset name ("small", "default", ...)
+    adapt_k: int = 0                        # labelled target-pool size (adaptation protocol)
+    device: str = "auto"
+    epochs: Optional[int] = None            # --epochs: sets the method's max_epochs
+
+
+def parse_value(text: str):
+    """CLI value: JSON if it parses (numbers, true, lists), a comma list → tuple, else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return tuple(parse_value(t) for t in text.split(",") if t)
+    return {"True": True, "False": False}.get(text, text)
+
+
+def parse_params(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"hyperparameter {item!r} must look like name=value (e.g. lr=3e-4)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def make_method(name: str, params: dict, epochs: Optional[int] = None):
+    cls = registries().methods.get(name)
+    method = cls()
+    if epochs is not None:
+        if "max_epochs" not in method.get_params():
+            raise ValueError(f"method {name!r} has no max_epochs hyperparameter, so --epochs does not apply")
+        method.set_params(max_epochs=int(epochs))
+    return method.set_params(**params)
+
+
+def make_backbone(name: str, params: dict, preset: Optional[str] = None):
+    cls = registries().backbones.get(name)
+    bb = cls()
+    if preset:
+        if preset not in cls.presets:
+            raise ValueError(f"backbone {name!r} has no preset {preset!r}; presets: {', '.join(cls.presets) or 'none'}")
+        bb.set_params(**cls.presets[preset])
+    return bb.set_params(**params)
+
+
+def check_compatible(task_name: str, method_name: str, backbone_name: str, adapt_k: int = 0) -> None:
+    regs = registries()
+    task = get_task(task_name)
+    mcls = regs.methods.get(method_name)
+    bcls = regs.backbones.get(backbone_name)
+    ds = regs.datasets.get(task.dataset)
+    if bcls.input_kind == STRUCTURE and not ds.has_structures:
+        comp = [b for b in regs.backbones.names() if regs.backbones.get(b).input_kind == COMPOSITION]
+        raise IncompatibleError(
+            f"backbone {backbone_name!r} needs crystal structures but task {task_name!r} (dataset "
+            f"{task.dataset!r}) has compositions only; use a composition backbone: {', '.join(comp)}")
+    if bcls.gradient_free and (mcls.requires_gradients or mcls.needs_embedding):
+        raise IncompatibleError(
+            f"method {method_name!r} needs gradients or embeddings, which backbone {backbone_name!r} "
+            f"(a gradient-free model) does not have; use method 'erm' with it, or a neural backbone")
+    if adapt_k and not mcls.uses_target_pool:
+        users = [m for m in regs.methods.names() if regs.methods.get(m).uses_target_pool]
+        raise IncompatibleError(
+            f"method {method_name!r} cannot use a target pool (--adapt {adapt_k}); methods that can: "
+            f"{', '.join(users) or 'none'}")
+
+
+_INPUTS_MEMO: dict = {}
+
+
+def featurize(backbone, dataset):
+    key = (backbone.name, json.dumps(_jsonable(backbone.get_params()), sort_keys=True), dataset.name,
+           dataset.content_key())
+    if key not in _INPUTS_MEMO:
+        from .data import cache_dir
+        _INPUTS_MEMO[key] = backbone.featurize(dataset, cache_dir("backbones", backbone.name))
+    return _INPUTS_MEMO[key]
+
+
+def build_config(spec: RunSpec, task_data: TaskData, method, backbone) -> dict:
+    return {
+        "task": spec.task, "task_version": task_data.spec.version, "split_hash": task_data.split.hash,
+        "method": method.name, "method_params": _jsonable(method.get_params()),
+        "backbone": backbone.name, "backbone_params": _jsonable(backbone.get_params()),
+        "seed": int(spec.seed), "adapt_k": int(spec.adapt_k),
+    }
+
+
+def select_pool(test: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """k target-pool rows drawn from the held-out set (seeded), and the rest for evaluation."""
+    if k >= len(test):
+        raise ValueError(f"--adapt {k} asks for at least the whole held-out set ({len(test)} rows); "
+                         f"use k < {len(test)}")
+    perm = np.random.default_rng([int(seed), 7919]).permutation(len(test))
+    return np.sort(test[perm[:k]]), np.sort(test[perm[k:]])
+
+
+def prepare(spec: RunSpec):
+    """Resolve names and build (task data, method, backbone, config) without training."""
+    regs = registries()
+    task = get_task(spec.task)
+    mcls = regs.methods.get(spec.method)
+    backbone_name = spec.backbone or mcls.default_backbone
+    check_compatible(spec.task, spec.method, backbone_name, spec.adapt_k)
+    method = make_method(spec.method, spec.method_params, spec.epochs)
+    backbone = make_backbone(backbone_name, spec.backbone_params, spec.preset)
+    task_data = task.load()
+    spec.backbone = backbone_name
+    return task_data, method, backbone, build_config(spec, task_data, method, backbone)
+
+
+def run(spec: RunSpec, store: Optional[ResultStore] = None, force: bool = False,
+        log: Callable = print) -> dict:
+    """Train and evaluate one config; write and return its record (or the existing one)."""
+    t_start = time.perf_counter()
+    task_data, method, backbone, config = prepare(spec)
+    if store is not None and not force and store.exists(config):
+        rec = store.load(config)
+        rec["skipped"] = True
+        return rec
+    device = resolve_device(spec.device)
+    seed_everything(spec.seed)
+    split = task_data.split
+    y = task_data.y.astype(np.float64)
+    ids = task_data.dataset.ids
+    test_rows, pool_rows = split.test, None
+    if spec.adapt_k:
+        pool_rows, test_rows = select_pool(split.test, spec.adapt_k, spec.seed)
+
+    y_mean = float(y[split.train].mean())
+    y_scale = float(y[split.train].std()) or 1.0
+    ys = ((y - y_mean) / y_scale).astype(np.float32)
+
+    inputs = featurize(backbone, task_data.dataset)
+
+    def subset(rows):
+        return Subset(inputs.take(rows), ys[rows], ids[rows])
+
+    data = FitData(train=subset(split.train), val=subset(split.val),
+                   pool=subset(pool_rows) if pool_rows is not None else None,
+                   label_range=(float(ys.min()), float(ys.max())) if method.uses_label_range_prior else None,
+                   y_mean=y_mean, y_scale=y_scale)
+    ctx = Context(device=device, seed=spec.seed, rng=np.random.default_rng(spec.seed), log=log)
+
+    model = backbone.build(data.train, spec.seed)
+    t_fit = time.perf_counter()
+    model = method.fit(model, data, ctx)
+    fit_s = time.perf_counter() - t_fit
+    t_pred = time.perf_counter()
+    pred_std = method.predict(model, inputs.take(test_rows), ctx)
+    predict_s = time.perf_counter() - t_pred
+    y_pred = pred_std.astype(np.float64) * y_scale + y_mean
+    y_true = y[test_rows]
+    info = {"extrapolation": split.extrapolation}
+    metrics = compute_all(y_true, y_pred, info)
+
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "config_hash": config_hash(config),
+        "task": {**task_data.spec.describe(), "split_hash": split.hash, "sizes": split.sizes(),
+                 "dataset_source": task_data.dataset.source, "extrapolation": split.extrapolation,
+                 "eval_size": int(len(test_rows))},
+        "method": {"name": method.name, "params": config["method_params"], "paper": method.paper},
+        "backbone": {"name": backbone.name, "params": config["backbone_params"], "preset": spec.preset},
+        "seed": int(spec.seed),
+        "adapt": {"k": int(spec.adapt_k),
+                  "pool_ids": [str(i) for i in ids[pool_rows]] if pool_rows is not None else []},
+        "metrics": metrics,
+        "training": _jsonable(ctx.info),
+        "timing": {"fit_s": fit_s, "predict_s": predict_s, "predict_s_per_sample": predict_s / max(1, len(test_rows)),
+                   "wall_s": time.perf_counter() - t_start},
+        "environment": environment(device),
+        "oodbench_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "predictions": {"ids": [str(i) for i in ids[test_rows]],
+                        "y_true": [float(v) for v in y_true], "y_pred": [float(v) for v in y_pred]},
+    }
+    if store is not None:
+        record["path"] = str(store.write(record))
+    return record
+
+
+def expand(spec: str, names: list[str]) -> list[str]:
+    if spec in ("all", "*"):
+        return list(names)
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], seeds: list[int],
+          store: ResultStore, base: RunSpec, progress: bool = True, log: Callable = print) -> dict:
+    """Every compatible (task, method, backbone, seed); skips existing results; never stops on one failure."""
+    from tqdm import tqdm
+    regs = registries()
+    plan, incompatible = [], []
+    for t in tasks:
+        for m in methods:
+            for b in (backbones or [regs.methods.get(m).default_backbone]):
+                try:
+                    check_compatible(t, m, b, base.adapt_k)
+                except IncompatibleError as e:
+                    incompatible.append((t, m, b, str(e)))
+                    continue
+                plan += [(t, m, b, s) for s in seeds]
+    done, skipped, failed = [], [], []
+    bar = tqdm(plan, disable=not progress, desc="oodbench sweep", unit="run")
+    for t, m, b, s in bar:
+        bar.set_postfix_str(f"{t} {m} {b} seed{s}")
+        spec = RunSpec(task=t, method=m, backbone=b, seed=s, method_params=base.method_params,
+                       backbone_params=base.backbone_params, preset=base.preset, adapt_k=base.adapt_k,
+                       device=base.device, epochs=base.epochs)
+        try:
+            rec = run(spec, store, log=log)
+        except Exception as e:
+            failed.append((t, m, b, s, f"{type(e).__name__}: {e}"))
+            log(f"FAILED {t} {m} {b} seed{s}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+            continue
+        (skipped if rec.get("skipped") else done).append((t, m, b, s))
+    return {"planned": len(plan), "done": done, "skipped": skipped, "failed": failed,
+            "incompatible": incompatible}

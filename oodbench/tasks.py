@@ -1,0 +1,158 @@
+"""Tasks: a dataset, a label and a split rule, with a version every result records.
+
+Tasks are small declarative TOML files (see ``tasks/*.toml``)::
+
+    name = "phonons-top"
+    version = 1
+    dataset = "matbench_phonons"
+    label = "last phdos peak"
+    transform = "ln"
+    [split]
+    kind = "label-extrapolation"
+    side = "top"
+
+Families (``oodbench_task_families``) create member tasks on demand from a
+name such as ``mp-eform-loo-element:O``.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import splits as split_rules
+from .data import Dataset, load_dataset
+from .registry import UnknownNameError
+
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda y: y,
+    "ln": np.log,
+    "log10": np.log10,
+}
+
+
+def _split_from_params(params: dict) -> Callable:
+    params = dict(params)
+    kind = params.pop("kind")
+    if kind == "label-extrapolation":
+        return lambda ds, y: split_rules.label_extrapolation(y, ds.ids, **params)
+    if kind == "random":
+        return lambda ds, y: split_rules.random_split(len(y), ds.ids, **params)
+    raise ValueError(f"unknown split kind {kind!r}; known: label-extrapolation, random "
+                     f"(or give the task a `make_split` callable in a plugin)")
+
+
+@dataclass
+class TaskData:
+    spec: "TaskSpec"
+    dataset: Dataset
+    y: np.ndarray          # transformed labels of every row
+    split: "split_rules.Split"
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    version: int
+    dataset: str
+    label: str
+    transform: str = "identity"
+    description: str = ""
+    split: dict = field(default_factory=dict)          # declarative rule, recorded in results
+    make_split: Optional[Callable] = field(default=None, repr=False)  # (Dataset, y) -> Split
+    family: Optional[str] = None
+    tags: tuple = ()
+    meta: dict = field(default_factory=dict)           # e.g. default adaptation k, diagnostics
+    row_filter: Optional[Callable] = field(default=None, repr=False)  # (Dataset) -> bool mask of usable rows
+
+    def labels(self, dataset: Dataset) -> np.ndarray:
+        if self.label not in dataset.table.columns:
+            raise KeyError(f"task {self.name!r}: dataset {dataset.name!r} has no column {self.label!r} "
+                           f"(columns: {', '.join(dataset.table.columns)})")
+        return TRANSFORMS[self.transform](dataset.table[self.label].to_numpy(dtype=np.float64))
+
+    def load(self) -> TaskData:
+        ds = load_dataset(self.dataset)
+        if self.row_filter is not None:
+            mask = np.asarray(self.row_filter(ds), dtype=bool)
+            ds = Dataset(ds.name, ds.table[mask].reset_index(drop=True),
+                         dict(ds.source, row_filter=self.split.get("row_filter", "plugin")),
+                         _structures=(lambda d=ds, m=mask: [s for s, k in zip(d.structures, m) if k])
+                         if ds.has_structures else None)
+        y = self.labels(ds)
+        make = self.make_split or _split_from_params(self.split)
+        split = make(ds, y)
+        return TaskData(self, ds, y, split)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "dataset": self.dataset, "label": self.label,
+                "transform": self.transform, "split": self.split, "family": self.family}
+
+
+@dataclass
+class TaskFamily:
+    """Expands to member tasks named ``<name>:<member>``; ``members()`` lists the valid ones."""
+
+    name: str
+    description: str
+    members: Callable[[], list]                 # -> list of member keys (strings)
+    make: Callable[[str], TaskSpec]             # member key -> TaskSpec
+    tags: tuple = ()
+
+
+def load_task_file(path: Path) -> TaskSpec:
+    with open(path, "rb") as f:
+        d = tomllib.load(f)
+    missing = [k for k in ("name", "version", "dataset", "label", "split") if k not in d]
+    if missing:
+        raise ValueError(f"task file {path} lacks {', '.join(missing)}")
+    if d.get("transform", "identity") not in TRANSFORMS:
+        raise ValueError(f"task file {path}: unknown transform {d['transform']!r}; known: {', '.join(TRANSFORMS)}")
+    _split_from_params(d["split"])  # fail at registration, not at run time, on an unknown split kind
+    return TaskSpec(name=d["name"], version=int(d["version"]), dataset=d["dataset"], label=d["label"],
+                    transform=d.get("transform", "identity"), description=d.get("description", ""),
+                    split=d["split"], tags=tuple(d.get("tags", ())), meta=d.get("meta", {}))
+
+
+def load_task_dir(folder: Path) -> list[TaskSpec]:
+    return [load_task_file(p) for p in sorted(Path(folder).glob("*.toml"))]
+
+
+def get_task(name: str) -> TaskSpec:
+    """A registered task or a family member (``family:member``), with "did you mean" errors."""
+    from .plugins import registries
+    regs = registries()
+    if name in regs.tasks:
+        return regs.tasks.get(name)
+    if ":" in name:
+        fam_name, member = name.split(":", 1)
+        fam = regs.families.get(fam_name)
+        valid = fam.members()
+        if member not in valid:
+            import difflib
+            close = difflib.get_close_matches(member, valid, n=5)
+            raise UnknownNameError(f"family {fam_name!r} has no member {member!r}"
+                           + (f"; did you mean {', '.join(close)}?" if close else "")
+                           + f" Run `oodbench list tasks --family {fam_name}`.")
+        return fam.make(member)
+    return regs.tasks.get(name)
+
+
+def expand_tasks(spec: str) -> list[str]:
+    """``all``, comma lists, and ``family:*`` → task names."""
+    from .plugins import registries
+    regs = registries()
+    out: list[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part == "all":
+            out += regs.tasks.names()
+        elif part.endswith(":*"):
+            fam = regs.families.get(part[:-2])
+            out += [f"{fam.name}:{m}" for m in fam.members()]
+        else:
+            get_task(part)
+            out.append(part)
+    return list(dict.fromkeys(out))

@@ -1,0 +1,86 @@
+"""Plugin: IR-net, the individual-residual network on the 145 composition features.
+
+Jha et al., "Enabling deeper learning on big data for materials informatics
+applications", Sci. Rep. 11, 4244 (2021) (IRNet), as used by the CAL paper
+(Li, Miklaucic & Hu): every block is Linear → LayerNorm → ReLU → Dropout with
+its own input added back (through a linear projection where the widths
+differ). IRNet's BatchNorm is replaced by LayerNorm, as in the CAL code, so a
+prediction does not depend on batch-mates. Input features are standardised
+with statistics of the training split only (kept as buffers in the module).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from oodbench import hookimpl
+from oodbench.api import COMPOSITION, Backbone, BackboneModule, Subset, TensorInputs
+from oodbench.data.features import feature_names, magpie_features
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, d_in: int, d_out: int, dropout: float):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.ReLU(), nn.Dropout(dropout))
+        self.skip = nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out, bias=False)
+
+    def forward(self, x):
+        return self.body(x) + self.skip(x)
+
+
+class IRNetModule(BackboneModule):
+    def __init__(self, n_in: int, widths, dropout: float, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("x_mean", mean)
+        self.register_buffer("x_std", std)
+        dims = [n_in, *widths]
+        self.blocks = nn.Sequential(*[ResidualBlock(a, b, dropout) for a, b in zip(dims[:-1], dims[1:])])
+        self.out = nn.Linear(dims[-1], 1)
+        self.embedding_dim = dims[-1]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.x_mean) / self.x_std
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_normalised(self.normalise(x))
+
+    def embed_normalised(self, xn: torch.Tensor) -> torch.Tensor:
+        """Embedding of already-standardised features (methods that perturb or mix inputs use this)."""
+        return self.blocks(xn)
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(z).squeeze(-1)
+
+
+class IRNet(Backbone):
+    name = "irnet"
+    description = "individual-residual MLP on the 145 Magpie composition features (Jha et al. 2021; CAL paper)"
+    input_kind = COMPOSITION
+    presets = {
+        "default": {"widths": (2048, 1024, 512)},
+        "small": {"widths": (256, 128, 64)},
+    }
+
+    def __init__(self, widths=(2048, 1024, 512), dropout: float = 0.1):
+        self.widths = widths
+        self.dropout = dropout
+
+    def featurize(self, dataset, cache=None) -> TensorInputs:
+        X = magpie_features(dataset.formulas)
+        return TensorInputs(torch.from_numpy(X), kind=COMPOSITION, feature_names=feature_names())
+
+    def build(self, train: Subset, seed: int) -> IRNetModule:
+        X = train.inputs.tensor.double()
+        mean = X.mean(0)
+        std = X.std(0)
+        # a feature constant on the training split carries no information there; scale 1 avoids 0/0
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        torch.manual_seed(seed)
+        return IRNetModule(X.shape[1], tuple(int(w) for w in self.widths), float(self.dropout),
+                           mean.float(), std.float())
+
+
+@hookimpl
+def oodbench_backbones():
+    return [IRNet]
