@@ -201,6 +201,7 @@ class Method(Hyperparameters):
     requires_gradients: ClassVar[bool] = True      # False: also works on gradient-free backbones (ERM)
     needs_embedding: ClassVar[bool] = False        # mixes/compares embeddings
     uses_target_pool: ClassVar[bool] = False       # can use k labelled target samples
+    requires_target_pool: ClassVar[bool] = False   # only works with them (--adapt K), e.g. fine-tuning
     uses_label_range_prior: ClassVar[bool] = False  # reads FitData.label_range
 
     # ---- shared-loop interface

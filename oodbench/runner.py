@@ -104,6 +104,10 @@ def check_compatible(task_name: str, method_name: str, backbone_name: str, adapt
         raise IncompatibleError(
             f"method {method_name!r} needs gradients or embeddings, which backbone {backbone_name!r} "
             f"(a gradient-free model) does not have; use method 'erm' with it, or a neural backbone")
+    if not adapt_k and getattr(mcls, "requires_target_pool", False):
+        raise IncompatibleError(
+            f"method {method_name!r} needs labelled target samples; run it with --adapt K "
+            f"(the task's default K is in `oodbench show task {task_name}`)")
     if adapt_k and not mcls.uses_target_pool:
         users = [m for m in regs.methods.names() if regs.methods.get(m).uses_target_pool]
         raise IncompatibleError(

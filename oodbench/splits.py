@@ -37,10 +37,10 @@ def label_extrapolation(y: np.ndarray, ids: np.ndarray, side: str, test_fraction
                         val_fraction: float = 0.15) -> Split:
     """MEX split: the most extreme ``test_fraction`` of labels is test, the next ``val_fraction`` validation.
 
-    Rows are ordered from the extreme end inwards by a stable sort (ties keep
-    dataset order); a run of equal labels at a cut goes wholly to the more
-    extreme part, so test labels lie strictly beyond every train and
-    validation label.
+    Rows are ordered from the extreme end inwards by a stable sort, so equal
+    labels keep dataset order and the part sizes are exact. A test label may
+    equal a validation label at that cut, but every test label lies strictly
+    beyond the training range; a split where ties make that impossible is an error.
     """
     y = np.asarray(y, dtype=np.float64)
     if side not in ("top", "bottom"):
@@ -50,15 +50,10 @@ def label_extrapolation(y: np.ndarray, ids: np.ndarray, side: str, test_fraction
     n = len(y)
     n_test = int(round(test_fraction * n))
     n_val = int(round(val_fraction * n))
-    ks = key[order]
-    # `ks` ascends from the extreme; cuts must not split equal labels (the cut index belongs to the next part)
-    c1 = n_test
-    while 0 < c1 < n and ks[c1] == ks[c1 - 1]:
-        c1 += 1
-    c2 = max(c1, n_test + n_val)
-    while 0 < c2 < n and ks[c2] == ks[c2 - 1]:
-        c2 += 1
-    test, val, train = order[:c1], order[c1:c2], order[c2:]
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    if len(train) == 0 or (len(test) and key[test].max() >= key[train].min()):
+        raise ValueError(f"cannot make a {side} label-extrapolation split of {n} rows: equal labels span the "
+                         f"validation part, so test labels would not lie beyond the training range")
     seen = y[np.concatenate([train, val])]
     boundary = float(seen.max() if side == "top" else seen.min())
     return Split(train, val, test, ids=np.asarray(ids),
@@ -88,3 +83,39 @@ def held_out(ids: np.ndarray, test_rows: np.ndarray, val_fraction: float, seed: 
     rest = np.random.default_rng(seed).permutation(np.flatnonzero(mask))
     n_val = int(round(val_fraction * len(rest)))
     return Split(rest[n_val:], rest[:n_val], test_rows, ids=np.asarray(ids))
+
+
+def from_id_groups(ids: np.ndarray, groups: dict, train: str, val: str, test: str, y: Optional[np.ndarray] = None,
+                   side: Optional[str] = None, source: str = "split file") -> Split:
+    """A split read from named groups of dataset ids (frozen split files); every id must be in the dataset.
+
+    ``groups`` maps names to id lists; ``train``/``val``/``test`` name the groups
+    to use, which must be pairwise disjoint. Given ``side`` ("top"/"bottom")
+    and the labels ``y``, the split also records its extrapolation boundary
+    (the extreme train/validation label), as label-extrapolation splits do.
+    """
+    ids = np.asarray(ids)
+    pos = {str(i): k for k, i in enumerate(ids)}
+    if len(pos) != len(ids):
+        raise ValueError(f"{source}: the dataset has duplicate ids, so ids cannot name rows")
+    parts = {}
+    for part, name in (("train", train), ("val", val), ("test", test)):
+        if name not in groups:
+            raise ValueError(f"{source} has no group {name!r} (for {part}); groups: {', '.join(sorted(groups))}")
+        missing = [i for i in groups[name] if str(i) not in pos]
+        if missing:
+            raise ValueError(f"{source}: {len(missing)} ids of group {name!r} (e.g. {missing[0]!r}) are not in the "
+                             f"dataset; the dataset changed since the split was made: regenerate the split "
+                             f"file and bump the task version")
+        parts[part] = np.sort(np.array([pos[str(i)] for i in groups[name]], dtype=np.int64))
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = np.intersect1d(parts[a], parts[b])
+        if len(both):
+            raise ValueError(f"{source}: {a} and {b} share {len(both)} rows (e.g. id {ids[both[0]]!r})")
+    extrapolation = None
+    if side is not None:
+        if side not in ("top", "bottom") or y is None:
+            raise ValueError(f"{source}: side must be 'top' or 'bottom' (with labels), got {side!r}")
+        seen = np.asarray(y, dtype=np.float64)[np.concatenate([parts["train"], parts["val"]])]
+        extrapolation = {"side": side, "boundary": float(seen.max() if side == "top" else seen.min())}
+    return Split(parts["train"], parts["val"], parts["test"], ids=ids, extrapolation=extrapolation)

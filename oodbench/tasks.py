@@ -16,6 +16,9 @@ name such as ``mp-eform-loo-element:O``.
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +37,51 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _split_from_params(params: dict) -> Callable:
+def read_split_file(path: Path, sha256: Optional[str]) -> dict:
+    """A frozen split file (JSON, optionally gzipped) after checking its sha256 against the task's."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"split file {path} is missing; it ships with the task files (tasks/splits/)")
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if not sha256:
+        raise ValueError(f"a frozen-ids split must give the sha256 of {path.name} (it is {digest})")
+    if digest != sha256:
+        raise ValueError(f"split file {path} has sha256 {digest}, but its task expects {sha256}: the file was "
+                         f"changed; restore it, or regenerate it and update the task's sha256 and version")
+    return json.loads(gzip.decompress(raw) if path.name.endswith(".gz") else raw)
+
+
+def _frozen_ids(params: dict, base: Optional[Path]) -> Callable:
+    missing = [k for k in ("file", "sha256", "train", "val", "test") if k not in params]
+    if missing:
+        raise ValueError(f"a frozen-ids split needs {', '.join(missing)} (file, sha256 and the train/val/test "
+                         f"group names)")
+    path = Path(params["file"])
+    if not path.is_absolute():
+        if base is None:
+            raise ValueError(f"frozen-ids split file {path} is relative but the task has no folder to resolve it")
+        path = base / path
+    cache: dict = {}
+
+    def make(ds, y):
+        if "groups" not in cache:
+            cache["groups"] = read_split_file(path, params["sha256"])["groups"]
+        return split_rules.from_id_groups(ds.ids, cache["groups"], params["train"], params["val"], params["test"],
+                                          y=y, side=params.get("side"), source=f"split file {path.name}")
+    return make
+
+
+def _split_from_params(params: dict, base: Optional[Path] = None) -> Callable:
     params = dict(params)
     kind = params.pop("kind")
     if kind == "label-extrapolation":
         return lambda ds, y: split_rules.label_extrapolation(y, ds.ids, **params)
     if kind == "random":
         return lambda ds, y: split_rules.random_split(len(y), ds.ids, **params)
-    raise ValueError(f"unknown split kind {kind!r}; known: label-extrapolation, random "
+    if kind == "frozen-ids":
+        return _frozen_ids(params, base)
+    raise ValueError(f"unknown split kind {kind!r}; known: label-extrapolation, random, frozen-ids "
                      f"(or give the task a `make_split` callable in a plugin)")
 
 
@@ -111,10 +151,11 @@ def load_task_file(path: Path) -> TaskSpec:
         raise ValueError(f"task file {path} lacks {', '.join(missing)}")
     if d.get("transform", "identity") not in TRANSFORMS:
         raise ValueError(f"task file {path}: unknown transform {d['transform']!r}; known: {', '.join(TRANSFORMS)}")
-    _split_from_params(d["split"])  # fail at registration, not at run time, on an unknown split kind
+    make = _split_from_params(d["split"], path.parent)  # fail at registration on an unknown split kind
     return TaskSpec(name=d["name"], version=int(d["version"]), dataset=d["dataset"], label=d["label"],
                     transform=d.get("transform", "identity"), description=d.get("description", ""),
-                    split=d["split"], tags=tuple(d.get("tags", ())), meta=d.get("meta", {}))
+                    split=d["split"], tags=tuple(d.get("tags", ())), meta=d.get("meta", {}),
+                    make_split=make if d["split"].get("kind") == "frozen-ids" else None)
 
 
 def load_task_dir(folder: Path) -> list[TaskSpec]:

@@ -1,0 +1,38 @@
+import numpy as np
+
+from oodbench.leaderboard import build, metric_table, group
+
+
+def rec(method, task, seed, mae, k=0, preset=None):
+    return {"config": {"task": task, "method": method, "backbone": "irnet", "seed": seed, "adapt_k": k},
+            "method": {"name": method, "params": {"max_epochs": 5}}, "backbone": {"name": "irnet", "params": {},
+                                                                                 "preset": preset},
+            "seed": seed, "adapt": {"k": k}, "metrics": {"mae": mae, "spearman": 1 - mae},
+            "environment": {"device": {"type": "cpu", "name": "x"}, "git": {"commit": "abc"}}}
+
+
+RECS = [rec("erm", "a", 0, 1.0), rec("erm", "a", 1, 3.0), rec("lds", "a", 0, 1.5), rec("lds", "a", 1, 1.5),
+        rec("erm", "b", 0, 0.2), rec("lds", "b", 0, 0.4), rec("lds", "b", 1, 0.6), rec("erm", "a", 0, 9.0, k=8)]
+
+
+def test_mean_std_bold_and_rank():
+    table, header = metric_table(group(RECS), 0, "mae", False, ["a", "b"])
+    rows = {line[0]: line for line in table}
+    assert header == ["method × backbone", "a", "b", "avg rank"]
+    assert rows["erm × irnet"][1] == f"2.0000 ± {np.std([1.0, 3.0], ddof=1):.4f}"
+    assert rows["lds × irnet"][1] == "**1.5000 ± 0.0000**"
+    assert rows["erm × irnet"][2] == "**0.2000**"          # one seed: no ± part
+    assert rows["erm × irnet"][3] == "1.50" and rows["lds × irnet"][3] == "1.50"
+
+
+def test_higher_is_better_ranks_reverse():
+    table, _ = metric_table(group(RECS), 0, "spearman", True, ["a", "b"])
+    rows = {line[0]: line for line in table}
+    assert rows["lds × irnet"][1].startswith("**")
+
+
+def test_adapted_results_are_a_separate_table():
+    md = build(RECS, "t", metrics=["mae"])
+    assert "## Zero-shot" in md and "## Adapted (k = 8" in md
+    zero = md.split("## Adapted")[0]
+    assert "9.0000" not in zero

@@ -1,0 +1,101 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from oodbench.cli import main
+from oodbench.results import ResultStore
+from oodbench.runner import IncompatibleError, RunSpec, check_compatible, parse_params, run, select_pool
+
+from conftest import needs_matbench
+
+TINY = ["--preset", "small", "--epochs", "2"]
+
+
+@needs_matbench
+def test_end_to_end_tiny_run(tmp_path, capsys):
+    rc = main(["run", "--method", "erm", "--backbone", "irnet", "--task", "phonons-top", "--seed", "1",
+               "--results", str(tmp_path), "--json", *TINY])
+    assert rc == 0
+    rec = json.loads(capsys.readouterr().out)
+    c = rec["config"]
+    assert (c["task"], c["method"], c["backbone"], c["seed"]) == ("phonons-top", "erm", "irnet", 1)
+    assert c["method_params"]["max_epochs"] == 2 and c["backbone_params"]["widths"] == [64, 32]
+    assert rec["task"]["split_hash"] == c["split_hash"] and rec["task"]["version"] == 1
+    assert rec["task"]["dataset_source"]["kind"] == "matminer-exact"
+    assert set(rec["metrics"]) >= {"mae", "rmse", "r2", "spearman", "gmean", "extrap_recall"}
+    assert len(rec["predictions"]["y_pred"]) == rec["task"]["sizes"]["test"]
+    env = rec["environment"]
+    assert env["packages"]["torch"].startswith("2.") and env["device"]["type"] == "cpu"
+    assert "commit" in env["git"] and rec["timing"]["wall_s"] > 0
+    # the record on disk is the same, and a second run is skipped, not re-trained
+    stored = list(ResultStore(tmp_path))
+    assert len(stored) == 1 and stored[0]["metrics"] == rec["metrics"]
+    again = run(RunSpec(task="phonons-top", method="erm", backbone="irnet", seed=1, preset="small", epochs=2),
+                ResultStore(tmp_path))
+    assert again.get("skipped")
+
+
+@needs_matbench
+def test_killed_sweep_resumes_without_losing_results(tmp_path):
+    cmd = [sys.executable, "-m", "oodbench.cli", "sweep", "--method", "erm", "--task", "phonons-top",
+           "--seeds", "0,1,2", "--results", str(tmp_path), *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(tmp_path.rglob("*.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = {p.name for p in tmp_path.rglob("*.json")}
+    assert 1 <= len(first) < 3, "the sweep should have been killed after its first result"
+    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert len(summary["skipped"]) == len(first) and len(summary["done"]) == 3 - len(first)
+    recs = list(ResultStore(tmp_path))
+    assert sorted(r["seed"] for r in recs) == [0, 1, 2]
+
+
+def test_unknown_names_suggest_close_ones(capsys):
+    assert main(["run", "--method", "ermm", "--task", "phonons-top"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'ermm'" in err and "erm" in err
+    assert main(["show", "task", "phonon-top"]) == 2
+    assert "phonons-top" in capsys.readouterr().err
+
+
+def test_adapt_refused_for_method_without_pool():
+    with pytest.raises(IncompatibleError, match="cannot use a target pool"):
+        check_compatible("phonons-top", "erm", "irnet", adapt_k=16)
+
+
+def test_pool_is_drawn_from_held_out_and_excluded_from_evaluation():
+    test = np.arange(100, 150)
+    pool, rest = select_pool(test, 10, seed=0)
+    assert len(pool) == 10 and len(rest) == 40
+    assert not set(pool) & set(rest) and set(pool) | set(rest) == set(test)
+    assert np.array_equal(select_pool(test, 10, seed=0)[0], pool)
+    with pytest.raises(ValueError, match="whole held-out set"):
+        select_pool(test, 50, seed=0)
+
+
+def test_parse_params():
+    assert parse_params(["lr=3e-4", "widths=512,256", "name=cos", "flag=true"]) == {
+        "lr": 3e-4, "widths": (512, 256), "name": "cos", "flag": True}
+    with pytest.raises(ValueError, match="name=value"):
+        parse_params(["lr"])
+
+
+@needs_matbench
+def test_show_task_json(capsys):
+    assert main(["show", "task", "refractive-index-bottom", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["splits"]) == {"train", "val", "test"}
+    for s in out["splits"].values():
+        assert set(s) >= {"n", "label_min", "label_max"}
+    assert out["splits"]["test"]["label_max"] < out["splits"]["train"]["label_min"]
