@@ -183,13 +183,19 @@ def get_task(name: str) -> TaskSpec:
 
 
 def expand_tasks(spec: str) -> list[str]:
-    """``all``, comma lists, and ``family:*`` → task names."""
+    """``all``, comma lists, ``tag:NAME`` (e.g. ``tag:mex``) and ``family:*`` → task names."""
     from .plugins import registries
     regs = registries()
     out: list[str] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         if part == "all":
             out += regs.tasks.names()
+        elif part.startswith("tag:"):
+            tagged = [n for n in regs.tasks.names() if part[4:] in regs.tasks.get(n).tags]
+            if not tagged:
+                known = sorted({t for n in regs.tasks.names() for t in regs.tasks.get(n).tags})
+                raise ValueError(f"no task has tag {part[4:]!r}; tags: {', '.join(known)}")
+            out += tagged
         elif part.endswith(":*"):
             fam = regs.families.get(part[:-2])
             out += [f"{fam.name}:{m}" for m in fam.members()]
