@@ -27,10 +27,11 @@ def group(records: Iterable[dict]) -> dict:
     return out
 
 
-def _fmt(vals: list[float]) -> str:
+def _fmt(vals: list[float], n_expected: int) -> str:
+    short = f" (n={len(vals)})" if len(vals) < n_expected else ""  # fewer seeds than the rest: say so
     if len(vals) == 1:
-        return f"{vals[0]:.4f}"
-    return f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}"
+        return f"{vals[0]:.4f}{short}"
+    return f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}{short}"
 
 
 def metric_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bool,
@@ -40,6 +41,7 @@ def metric_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bool
              for (k, r, t) in groups if k == adapt_k}
     vals = {(r, t): [rec["metrics"][metric] for rec in groups[(adapt_k, r, t)].values()]
             for (k, r, t) in groups if k == adapt_k}
+    n_expected = max((len(v) for v in vals.values()), default=1)
     best = {}
     ranks: dict = defaultdict(list)
     for t in tasks:
@@ -61,7 +63,7 @@ def metric_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bool
             if (r, t) not in vals:
                 line.append("–")
                 continue
-            cell = _fmt(vals[(r, t)])
+            cell = _fmt(vals[(r, t)], n_expected)
             if t in best and means[(r, t)] == best[t] and sum(1 for rr in rows if (rr, t) in means) > 1:
                 cell = f"**{cell}**"
             line.append(cell)
@@ -80,7 +82,8 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
     lines = [f"# {title}", ""]
     n_seeds = sorted({len(v) for v in groups.values()})
     lines += [f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({', '.join(map(str, n_seeds))} "
-              f"seeds per cell); a single value where one seed ran. **Bold**: best in its column. "
+              f"seeds per cell); a single value where one seed ran, and (n=…) where a cell has fewer seeds than "
+              f"its table's others. **Bold**: best in its column. "
               f"avg rank: mean over tasks of the row's rank (1 = best, ties averaged). Metrics are in the task's "
               f"label units (after its transform). Produced by `oodbench leaderboard` from the records in `raw/`.", ""]
     for k in sorted({k for (k, _r, _t) in groups}):
@@ -97,8 +100,8 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
     for (k, r, t), seeds in groups.items():
         for rec in seeds.values():
             env = rec["environment"]
-            prov[r].add((env["device"]["type"], env["device"].get("name", ""),
-                         str(env["git"].get("commit", ""))[:10], _short_params(rec)))
+            commit = str(env["git"].get("commit", ""))[:10] + (" (uncommitted changes)" if env["git"].get("dirty") else "")
+            prov[r].add((env["device"]["type"], env["device"].get("name", ""), commit, _short_params(rec)))
     for r in sorted(prov):
         for dev, name, commit, params in sorted(prov[r]):
             lines.append(f"- {r}: device {dev} ({name}), commit {commit}, {params}")

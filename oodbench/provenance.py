@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("oodbench", "torch", "numpy", "pandas", "scipy", "scikit-learn", "matminer", "pymatgen",
-            "pluggy", "fairchem-core", "torch-geometric", "umap-learn", "lightgbm", "xgboost")
+            "pluggy", "fairchem-core", "torch-geometric", "umap-learn", "lightgbm", "xgboost",
+            "torch-scatter", "torch-sparse", "e3nn")  # fairchem backbones: no torch-scatter = the stand-in
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ def test_mean_std_bold_and_rank():
     assert header == ["method × backbone", "a", "b", "avg rank"]
     assert rows["erm × irnet"][1] == f"2.0000 ± {np.std([1.0, 3.0], ddof=1):.4f}"
     assert rows["lds × irnet"][1] == "**1.5000 ± 0.0000**"
-    assert rows["erm × irnet"][2] == "**0.2000**"          # one seed: no ± part
+    assert rows["erm × irnet"][2] == "**0.2000 (n=1)**"    # one seed: no ± part, and the count is shown
     assert rows["erm × irnet"][3] == "1.50" and rows["lds × irnet"][3] == "1.50"
 
 
