@@ -175,6 +175,11 @@ class Backbone(Hyperparameters):
     gradient_free: ClassVar[bool] = False   # tree ensembles: fitted directly, no embedding
     presets: ClassVar[dict] = {}             # name -> hyperparameter overrides ("small", "default")
 
+    @classmethod
+    def missing_dependency(cls) -> Optional[str]:
+        """None when the backbone can run here, else what to install (optional extras)."""
+        return None
+
     def featurize(self, dataset, cache) -> Inputs:
         """Inputs for every row of ``dataset`` (a :class:`oodbench.data.Dataset`), cached via ``cache``."""
         raise NotImplementedError

@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--json", action="store_true")
     _common(sp)
+    dp = sub.add_parser("diagnose", help="is a task really OOD? test-set coverage by the training data (+ plots)")
+    dp.add_argument("--task", help="task name: coverage and label shift (cached by split hash)")
+    dp.add_argument("--family", help="family name (or a unique part): test error vs coverage over its tasks")
+    dp.add_argument("--results", default=DEFAULT_RESULTS, help="results store for --family (default: results/)")
+    dp.add_argument("--metric", default="mae", help="metric plotted against coverage with --family")
+    dp.add_argument("--all", action="store_true", help="with --family: every member, not only those with results")
+    dp.add_argument("--plot", help="write a PNG: the task's 2-D map, or the family's error-vs-coverage plot")
+    dp.add_argument("--json", action="store_true")
+    _common(dp)
     bp = sub.add_parser("leaderboard", help="aggregate results into markdown tables under leaderboards/")
     bp.add_argument("--results", default=DEFAULT_RESULTS)
     bp.add_argument("--out", default="leaderboards/mex", help="output folder (README.md + raw/)")
@@ -67,12 +76,15 @@ def _list(args) -> int:
     regs = registries()
     if args.what == "tasks" and args.family:
         from .tasks import get_task
-        fam = regs.families.get(args.family)
+        # an exact family name, else every family whose name contains the text (e.g. "loo-element")
+        names = [args.family] if args.family in regs.families else [
+            f for f in regs.families.names() if args.family in f] or [regs.families.get(args.family).name]
         rows = []
-        for m in fam.members():
-            t = get_task(f"{fam.name}:{m}")
-            sizes = t.meta.get("sizes", {})
-            rows.append({"task": f"{fam.name}:{m}", **sizes})
+        for fam in map(regs.families.get, names):
+            for m in fam.members():
+                t = get_task(f"{fam.name}:{m}")
+                sizes = t.meta.get("sizes", {})
+                rows.append({"task": f"{fam.name}:{m}", **sizes})
         _emit(rows, args.json)
         return 0
     if args.what == "plugins":
@@ -125,6 +137,8 @@ def _show(args) -> int:
     if td.split.extrapolation:
         out["extrapolation"] = td.split.extrapolation
     out.update({k: v for k, v in td.spec.meta.items() if k not in out})
+    from .diagnose import load_cached
+    out["coverage"] = load_cached(td.split.hash) or f"not computed: oodbench diagnose --task {td.spec.name}"
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
@@ -132,6 +146,10 @@ def _show(args) -> int:
           f"{out['transform']}({out['label']}), split {out['split_hash']}")
     for part, s in out["splits"].items():
         print(f"  {part:5s} n={s['n']:6d}  label ∈ [{s['label_min']:.4f}, {s['label_max']:.4f}]")
+    cov = out["coverage"]
+    print(f"  coverage: {cov}" if isinstance(cov, str) else
+          f"  coverage: {cov['ood_fraction']:.3f} of test outside the training domain (k-NN, ~0.05 if "
+          f"in-distribution); {cov['label_outside_fraction']:.3f} of test labels outside the training range")
     return 0
 
 
@@ -233,6 +251,9 @@ def main(argv=None) -> int:
             return _show(args)
         if args.command == "leaderboard":
             return _leaderboard(args)
+        if args.command == "diagnose":
+            from .diagnose import cli_diagnose
+            return cli_diagnose(args)
         return _run(args, sweep_mode=args.command == "sweep")
     except (UnknownNameError, IncompatibleError, DataNotFoundError, ValueError) as e:
         print(f"oodbench: error: {e}", file=sys.stderr)

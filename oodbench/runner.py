@@ -95,6 +95,9 @@ def check_compatible(task_name: str, method_name: str, backbone_name: str, adapt
     mcls = regs.methods.get(method_name)
     bcls = regs.backbones.get(backbone_name)
     ds = regs.datasets.get(task.dataset)
+    missing = bcls.missing_dependency()
+    if missing:
+        raise IncompatibleError(f"backbone {backbone_name!r} cannot run here: {missing}")
     if bcls.input_kind == STRUCTURE and not ds.has_structures:
         comp = [b for b in regs.backbones.names() if regs.backbones.get(b).input_kind == COMPOSITION]
         raise IncompatibleError(
@@ -107,7 +110,7 @@ def check_compatible(task_name: str, method_name: str, backbone_name: str, adapt
     if not adapt_k and getattr(mcls, "requires_target_pool", False):
         raise IncompatibleError(
             f"method {method_name!r} needs labelled target samples; run it with --adapt K "
-            f"(the task's default K is in `oodbench show task {task_name}`)")
+            f"(CAL tasks record a default K as adapt_k: `oodbench show task {task_name} --json`)")
     if adapt_k and not mcls.uses_target_pool:
         users = [m for m in regs.methods.names() if regs.methods.get(m).uses_target_pool]
         raise IncompatibleError(

@@ -10,7 +10,7 @@ from torch import nn
 
 from oodbench.api import STRUCTURE, Backbone, BackboneModule, Subset
 
-from .compat import fairchem_modules
+from .compat import FairchemMissing, fairchem_modules
 from .graphs import GraphBatch, GraphInputs, GraphSettings, dataset_graphs
 
 # fairchem's defaults (PaiNN 83, EquiformerV2 90 elements) reject U and heavier; matbench has up to Pu.
@@ -84,6 +84,14 @@ class FairchemGraphBackbone(Backbone):
     input_kind = STRUCTURE
     needs_edges: ClassVar[bool] = False       # PaiNN cannot run a crystal without any edge
     symmetric_graph: ClassVar[bool] = False   # PaiNN keeps one direction per atom pair: needs both present
+
+    @classmethod
+    def missing_dependency(cls):
+        try:
+            fairchem_modules()
+        except FairchemMissing as exc:
+            return str(exc)
+        return None
 
     def graph_settings(self) -> GraphSettings:
         return GraphSettings(float(self.cutoff), int(self.max_neighbors), bool(self.enforce_max_neighbors_strictly),

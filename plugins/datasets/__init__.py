@@ -1,0 +1,1 @@
+"""Dataset plugins shipped with oodbench (beyond the core matbench and MP loaders)."""

@@ -1,0 +1,1 @@
+"""Task-family plugins: families expand to many member tasks created on demand."""
