@@ -84,7 +84,7 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
     lines += [f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({', '.join(map(str, n_seeds))} "
               f"seeds per cell); a single value where one seed ran, and (n=…) where a cell has fewer seeds than "
               f"its table's others. **Bold**: best in its column. "
-              f"avg rank: mean over tasks of the row's rank (1 = best, ties averaged). Metrics are in the task's "
+              f"avg rank: mean of the row's rank (1 = best, ties averaged) over the tasks where it has results. Metrics are in the task's "
               f"label units (after its transform). Produced by `oodbench leaderboard` from the records in `raw/`.", ""]
     for k in sorted({k for (k, _r, _t) in groups}):
         lines += [f"## {'Zero-shot' if k == 0 else f'Adapted (k = {k} labelled target samples)'}", ""]

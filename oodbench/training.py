@@ -87,6 +87,19 @@ def make_optimizer(method, model: torch.nn.Module):
     return opt, sched
 
 
+def train_epoch(method, model: BackboneModule, subset, opt, ctx: Context, batch_size: int,
+                drop_last: bool = False) -> None:
+    """One shuffled pass over ``subset`` minimising ``method.loss`` (with ``method.grad_clip`` if set)."""
+    model.train()
+    for batch in subset.batches(batch_size, ctx.device, shuffle=True, generator=ctx.rng, drop_last=drop_last):
+        loss = method.loss(model, batch, ctx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if method.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), method.grad_clip)
+        opt.step()
+
+
 def fit_loss_method(method: Method, model: BackboneModule, data: FitData, ctx: Context) -> BackboneModule:
     """Train ``model`` by minimising ``method.loss``; return it at its best validation epoch."""
     if getattr(model, "gradient_free", False):
@@ -100,15 +113,7 @@ def fit_loss_method(method: Method, model: BackboneModule, data: FitData, ctx: C
     t0 = time.perf_counter()
     epoch = -1
     for epoch in range(method.max_epochs):
-        model.train()
-        for batch in data.train.batches(method.batch_size, ctx.device, shuffle=True, generator=ctx.rng,
-                                        drop_last=True):
-            loss = method.loss(model, batch, ctx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if method.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), method.grad_clip)
-            opt.step()
+        train_epoch(method, model, data.train, opt, ctx, method.batch_size, drop_last=True)
         val_mae = mae(method.predict(model, data.val.inputs, ctx), data.val.y)
         sched.step(val_mae)
         if stopper.step(val_mae, epoch, model):

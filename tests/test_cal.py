@@ -58,7 +58,7 @@ def test_attack_raises_loss_and_moves_unstable_features_more():
     assert ((dxA_dw * (p_adv - p0)) < 0).float().mean() > 0.9
 
 
-def test_equal_weights_move_covariates_alike_and_gamma_is_inverse_min_weight():
+def test_gamma_is_the_inverse_of_the_smallest_weight():
     sal = StableAdversary(4)
     sal.w[:] = torch.tensor([2.0, 4.0, 8.0, 0.5])
     assert sal.gamma == pytest.approx(2.0)
@@ -186,8 +186,12 @@ def test_adversarial_seeds_come_from_train_or_pool_never_test(targeted):
     assert ctx.info["adversarial_seed_source"] == method.seed_source_
 
 
-def test_cal_ps_refuses_a_pool_and_cal_uses_it():
+def test_cal_ps_refuses_a_pool():
     assert CAL.uses_target_pool and CALAdversarialOnly.uses_target_pool and not CALPartialOnly.uses_target_pool
+    _, _, data, _ = _toy(pool=True)
+    ctx = Context(device=CPU, seed=0, rng=np.random.default_rng(0), log=lambda *a: None)
+    with pytest.raises(ValueError, match="target pool"):
+        CALPartialOnly(max_epochs=1).fit(IRNet(widths=(16, 8)).build(data.train, 0), data, ctx)
 
 
 def test_embedding_space_attack_for_backbones_without_input_normalisation():

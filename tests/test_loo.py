@@ -175,3 +175,12 @@ def test_tiny_erm_tree_run(toy, tmp_path, backbone):
     again = run(RunSpec(task="toy-loo-element:O", method="erm", backbone=backbone, seed=0, preset="small"),
                 ResultStore(tmp_path / "again"))
     assert again["predictions"]["y_pred"] == rec["predictions"]["y_pred"]  # deterministic for a seed
+
+
+def test_missing_xgboost_is_a_clear_incompatibility(toy, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xgboost" else real(name, *a))
+    with pytest.raises(IncompatibleError, match="pip install xgboost-cpu"):
+        check_compatible("toy-loo-element:O", "erm", "xgboost")
+    check_compatible("toy-loo-element:O", "erm", "forest")

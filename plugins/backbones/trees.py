@@ -133,12 +133,19 @@ class BoostedTrees(_TreeBackbone):
         self.colsample_bytree = colsample_bytree
         self.colsample_bylevel = colsample_bylevel
 
+    @classmethod
+    def missing_dependency(cls):
+        import importlib.util
+        if importlib.util.find_spec("xgboost") is None:
+            return ("the xgboost package is not installed: pip install xgboost-cpu (a core dependency of "
+                    "oodbench; `pip install -e .` installs it)")
+        return None
+
     def estimator(self, seed: int):
-        try:
-            import xgboost as xgb
-        except ImportError as e:
-            raise ImportError("backbone 'xgboost' needs the xgboost package: pip install xgboost-cpu "
-                              "(a core dependency of oodbench; reinstall with `pip install -e .`)") from e
+        missing = self.missing_dependency()
+        if missing:
+            raise ImportError(f"backbone 'xgboost': {missing}")
+        import xgboost as xgb
         return xgb.XGBRegressor(n_estimators=int(self.n_estimators), learning_rate=self.learning_rate,
                                 num_parallel_tree=int(self.num_parallel_tree), max_depth=int(self.max_depth),
                                 reg_lambda=self.reg_lambda, reg_alpha=self.reg_alpha, subsample=self.subsample,

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from oodbench import hookimpl
 from oodbench.api import Method
-from oodbench.training import TrainingMixin, fit_loss_method
+from oodbench.training import TrainingMixin, fit_loss_method, train_epoch
 
 
 class FineTune(TrainingMixin, Method):
@@ -59,15 +59,8 @@ class FineTune(TrainingMixin, Method):
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                 lr=self.lr * self.finetune_lr_factor, weight_decay=self.weight_decay)
         bs = min(int(self.finetune_batch_size), len(data.pool))
-        model.train()
         for _ in range(int(self.finetune_epochs)):
-            for batch in data.pool.batches(bs, ctx.device, shuffle=True, generator=ctx.rng):
-                loss = self.loss(model, batch, ctx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-                opt.step()
+            train_epoch(self, model, data.pool, opt, ctx, bs)
         ctx.info.update(finetune_epochs=int(self.finetune_epochs), finetune_samples=len(data.pool),
                         finetune_batch_size=bs)
         return model
