@@ -63,6 +63,9 @@ def metric_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bool
             if (r, t) not in vals:
                 line.append("–")
                 continue
+            if not np.any(np.isfinite(vals[(r, t)])):
+                line.append("n/a")  # the metric does not apply to this task (e.g. recall off extrapolation)
+                continue
             cell = _fmt(vals[(r, t)], n_expected)
             if t in best and means[(r, t)] == best[t] and sum(1 for rr in rows if (rr, t) in means) > 1:
                 cell = f"**{cell}**"
@@ -91,7 +94,7 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
         for m in metrics:
             metric = regs.metrics.get(m)
             table, header = metric_table(groups, k, m, metric.higher_is_better, tasks)
-            if all(all(c == "–" or c.endswith("nan") or "nan" in c for c in line[1:-1]) for line in table):
+            if all(all(c in ("–", "n/a") for c in line[1:-1]) for line in table):
                 continue
             arrow = "higher is better" if metric.higher_is_better else "lower is better"
             lines += [f"### {m} ({metric.description}; {arrow})", "", tabulate(table, header, tablefmt="github"), ""]
