@@ -1,7 +1,8 @@
 """Aggregate result records into markdown leaderboards (tabulate), with the raw records beside them."""
 from __future__ import annotations
 
-import shutil
+import gzip
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
@@ -9,8 +10,9 @@ from typing import Iterable, Optional
 import numpy as np
 from tabulate import tabulate
 
-from .io import atomic_write_text
+from .io import atomic_write, atomic_write_text
 from .plugins import registries
+from .results import ResultStore
 
 
 def row_label(rec: dict) -> str:
@@ -122,10 +124,10 @@ def publish(records: list[dict], out_dir, title: str, tasks=None, metrics=None) 
     out_dir = Path(out_dir)
     raw = out_dir / "raw"
     for rec in records:
-        src = rec.get("path")
         c = rec["config"]
-        dest = raw / c["task"].replace(":", "=") / c["method"] / c["backbone"] / Path(src or "x.json").name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if src and Path(src).resolve() != dest.resolve():
-            shutil.copyfile(src, dest)
+        dest = ResultStore(raw).path_for(c).with_suffix(".json.gz")
+        body = {k: v for k, v in rec.items() if k != "path"}
+        # compact + gzip: per-sample predictions of a 40k-row test set are megabytes as indented JSON
+        data = gzip.compress(json.dumps(body, separators=(",", ":")).encode(), mtime=0)
+        atomic_write(dest, lambda tmp, data=data: Path(tmp).write_bytes(data))
     return atomic_write_text(out_dir / "README.md", build(records, title, tasks, metrics))

@@ -8,6 +8,7 @@ killed sweep resumes where it stopped and never loses a finished run.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -46,10 +47,12 @@ class ResultStore:
         return atomic_write_json(self.path_for(record["config"]), record)
 
     def __iter__(self) -> Iterator[dict]:
-        for p in sorted(self.root.rglob("*.json")):
+        # published raw records are gzipped (leaderboards/*/raw/*.json.gz); the live store is plain JSON
+        for p in sorted([*self.root.rglob("*.json"), *self.root.rglob("*.json.gz")]):
             try:
-                rec = json.loads(p.read_text())
-            except json.JSONDecodeError:
+                text = gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+                rec = json.loads(text)
+            except (json.JSONDecodeError, OSError, EOFError):
                 continue  # not ours, or written by something non-atomic
             if isinstance(rec, dict) and rec.get("schema_version") == SCHEMA_VERSION:
                 rec["path"] = str(p)

@@ -36,3 +36,15 @@ def test_adapted_results_are_a_separate_table():
     assert "## Zero-shot" in md and "## Adapted (k = 8" in md
     zero = md.split("## Adapted")[0]
     assert "9.0000" not in zero
+
+
+def test_publish_writes_gzipped_raw_records_that_rebuild_the_table(tmp_path):
+    from oodbench.leaderboard import publish
+    from oodbench.results import ResultStore
+    recs = [dict(r, schema_version=1) for r in RECS]
+    publish(recs, tmp_path, "t", metrics=["mae"])
+    raw = sorted(tmp_path.glob("raw/**/*.json.gz"))
+    assert raw, "raw records must be written beside the table"
+    back = list(ResultStore(tmp_path / "raw"))
+    assert sorted(r["metrics"]["mae"] for r in back) == sorted(r["metrics"]["mae"] for r in recs)
+    assert build(back, "t", metrics=["mae"]) == build(recs, "t", metrics=["mae"])
