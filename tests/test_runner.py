@@ -44,11 +44,13 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
 @needs_matbench
 def test_killed_sweep_resumes_without_losing_results(tmp_path):
     cmd = [sys.executable, "-m", "oodbench.cli", "sweep", "--method", "erm", "--task", "phonons-top",
-           "--seeds", "0,1,2", "--results", str(tmp_path), *TINY]
+           "--seeds", "0,1,2", "--results", str(tmp_path),
+           # runs long enough (seconds) that the kill lands between the first result and the last
+           "--preset", "cpu", "--epochs", "25", "-M", "patience=100"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list(tmp_path.rglob("*.json")):
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = {p.name for p in tmp_path.rglob("*.json")}
