@@ -41,7 +41,7 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, list(self._items), n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         return (f"unknown {self.kind} {name!r}.{hint} "
-                f"Run `oodbench list {self.kind}s` to see all {len(self._items)}.")
+                f"Run `oodbench list {'families' if self.kind == 'family' else self.kind + 's'}` to see all {len(self._items)}.")
 
     def origin(self, name: str) -> str:
         return self._origin[name]
