@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--method", default=None, help="only these methods (comma list)")
     bp.add_argument("--backbone", default=None, help="only these backbones (comma list)")
     bp.add_argument("--metric", default=None, help="only these metrics (comma list)")
+    bp.add_argument("--baseline", default=None,
+                    help="comma list of baseline methods (e.g. erm,finetune): adds a table of each row's change "
+                         "in MAE (else the first metric) against the first of them present in each section")
     bp.add_argument("--print", action="store_true", help="also print the markdown")
     return ap
 
@@ -228,7 +231,8 @@ def _leaderboard(args) -> int:
         return 1
     tasks = args.task.split(",") if args.task else None
     metrics = args.metric.split(",") if args.metric else None
-    path = publish(recs, args.out, args.title, tasks, metrics)
+    baselines = args.baseline.split(",") if args.baseline else None
+    path = publish(recs, args.out, args.title, tasks, metrics, baselines)
     print(f"wrote {path} from {len(recs)} records")
     if args.print:
         print(Path(path).read_text())

@@ -78,12 +78,57 @@ def metric_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bool
     return table, ["method × backbone", *tasks, "avg rank"]
 
 
+def _with_method(row: str, method: str) -> str:
+    return f"{method} × {row.split(' × ', 1)[1]}"
+
+
+def relative_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bool, tasks: list[str],
+                   baselines: list[str]) -> Optional[tuple[list[list[str]], list[str], str]]:
+    """Each row's change of the seed-mean ``metric`` against the baseline method on the same backbone.
+
+    The baseline is the first of ``baselines`` with rows in this section (e.g. ERM zero-shot, fine-tuning
+    when adapted). Cells are 100·(m − b)/|b| in %; "better on" counts the tasks where the row's mean beats
+    the baseline's, which is what "does method X beat ERM, and on every task?" asks. None when no listed
+    baseline has rows here.
+    """
+    rows = sorted({r for (k, r, _t) in groups if k == adapt_k})
+    present = {r.split(" × ", 1)[0] for r in rows}
+    base = next((b for b in baselines if b in present), None)
+    if base is None:
+        return None
+    mean = {(r, t): float(np.mean([rec["metrics"][metric] for rec in groups[(adapt_k, r, t)].values()]))
+            for (k, r, t) in groups if k == adapt_k}
+    table = []
+    for r in rows:
+        if r.split(" × ", 1)[0] == base:
+            continue
+        b_row = _with_method(r, base)
+        line, deltas, wins = [r], [], 0
+        for t in tasks:
+            m, b = mean.get((r, t)), mean.get((b_row, t))
+            if m is None or b is None or not (np.isfinite(m) and np.isfinite(b)) or b == 0:
+                line.append("–")
+                continue
+            d = 100.0 * (m - b) / abs(b)
+            deltas.append(d)
+            wins += (m > b) if higher_is_better else (m < b)
+            line.append(f"{d:+.1f} %")
+        if not deltas:
+            continue
+        line += [f"{wins}/{len(deltas)}", f"{np.mean(deltas):+.1f} %"]
+        table.append(line)
+    sign = -1.0 if higher_is_better else 1.0
+    table.sort(key=lambda line: sign * float(line[-1].rstrip(" %")))
+    return table, ["method × backbone", *tasks, f"better than {base} on", "mean change"], base
+
+
 def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
-          metrics: Optional[list[str]] = None) -> str:
+          metrics: Optional[list[str]] = None, baselines: Optional[list[str]] = None) -> str:
     regs = registries()
     groups = group(records)
     tasks = tasks or sorted({t for (_k, _r, t) in groups})
     metrics = metrics or regs.metrics.names()
+    rel_metric = "mae" if "mae" in metrics else metrics[0]  # the headline metric of every task here
     lines = [f"# {title}", ""]
     n_seeds = sorted({len(v) for v in groups.values()})
     lines += [f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({', '.join(map(str, n_seeds))} "
@@ -100,6 +145,14 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
                 continue
             arrow = "higher is better" if metric.higher_is_better else "lower is better"
             lines += [f"### {m} ({metric.description}; {arrow})", "", tabulate(table, header, tablefmt="github"), ""]
+        rel = relative_table(groups, k, rel_metric, regs.metrics.get(rel_metric).higher_is_better, tasks,
+                             baselines) if baselines else None
+        if rel and rel[0]:
+            table, header, base = rel
+            lines += [f"### {rel_metric} relative to {base} (same backbone)", "",
+                      f"Change of the seed-mean {rel_metric} against {base} on the same backbone, "
+                      f"100·(method − {base}) / |{base}|; negative is better for a lower-is-better metric.", "",
+                      tabulate(table, header, tablefmt="github"), ""]
     lines += ["## How these were produced", ""]
     prov = defaultdict(set)
     for (k, r, t), seeds in groups.items():
@@ -119,7 +172,7 @@ def _short_params(rec: dict) -> str:
     return ", ".join(f"{k}={mp[k]}" for k in keys) + f"; backbone {rec['backbone']['params']}"
 
 
-def publish(records: list[dict], out_dir, title: str, tasks=None, metrics=None) -> Path:
+def publish(records: list[dict], out_dir, title: str, tasks=None, metrics=None, baselines=None) -> Path:
     """Write ``out_dir/README.md`` and copy the records into ``out_dir/raw/`` (paths mirror the store)."""
     out_dir = Path(out_dir)
     raw = out_dir / "raw"
@@ -130,4 +183,4 @@ def publish(records: list[dict], out_dir, title: str, tasks=None, metrics=None) 
         # compact + gzip: per-sample predictions of a 40k-row test set are megabytes as indented JSON
         data = gzip.compress(json.dumps(body, separators=(",", ":")).encode(), mtime=0)
         atomic_write(dest, lambda tmp, data=data: Path(tmp).write_bytes(data))
-    return atomic_write_text(out_dir / "README.md", build(records, title, tasks, metrics))
+    return atomic_write_text(out_dir / "README.md", build(records, title, tasks, metrics, baselines))

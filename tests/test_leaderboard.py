@@ -48,3 +48,25 @@ def test_publish_writes_gzipped_raw_records_that_rebuild_the_table(tmp_path):
     back = list(ResultStore(tmp_path / "raw"))
     assert sorted(r["metrics"]["mae"] for r in back) == sorted(r["metrics"]["mae"] for r in recs)
     assert build(back, "t", metrics=["mae"]) == build(recs, "t", metrics=["mae"])
+
+
+def test_relative_table_against_baseline_hand_computed():
+    from oodbench.leaderboard import relative_table
+    table, header, base = relative_table(group(RECS), 0, "mae", False, ["a", "b"], ["erm"])
+    assert base == "erm" and header[-2:] == ["better than erm on", "mean change"]
+    (line,) = table  # erm itself is not a row of its own comparison
+    # a: lds 1.5 vs erm mean 2.0 -> -25 %; b: lds 0.5 vs erm 0.2 -> +150 %
+    assert line == ["lds × irnet", "-25.0 %", "+150.0 %", "1/2", "+62.5 %"]
+
+
+def test_relative_table_falls_back_to_the_next_baseline_per_section():
+    from oodbench.leaderboard import relative_table
+    recs = RECS + [rec("finetune", "a", 0, 4.5, k=8)]
+    table, _, base = relative_table(group(recs), 8, "mae", False, ["a"], ["finetune"])
+    assert base == "finetune" and table == [["erm × irnet", "+100.0 %", "0/1", "+100.0 %"]]
+    assert relative_table(group(RECS), 8, "mae", False, ["a"], ["finetune"]) is None
+    # zero-shot has erm, the adapted section only finetune and cal: each section takes its own baseline
+    adapted = [r for r in RECS if r["adapt"]["k"] == 0] + [rec("finetune", "a", 0, 4.0, k=8), rec("cal", "a", 0, 3.0, k=8)]
+    md = build(adapted, "t", metrics=["mae"], baselines=["erm", "finetune"])
+    assert "### mae relative to erm" in md.split("## Adapted")[0]
+    assert "### mae relative to finetune" in md.split("## Adapted")[1] and "-25.0 %" in md.split("## Adapted")[1]
