@@ -30,6 +30,10 @@ def _run_args(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--backbone-param", "-B", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="results store folder (default: results/)")
     p.add_argument("--force", action="store_true", help="re-run even if the result exists")
+    if sweep:
+        p.add_argument("--jobs", "-j", type=int, default=1,
+                       help="configs run at once, each in its own process with cores/JOBS torch threads "
+                            "(on a CPU, -j <cores> is fastest; on one GPU keep 1)")
     p.add_argument("--json", action="store_true", help="print the record(s) as JSON")
     _common(p)
 
@@ -185,8 +189,11 @@ def _run(args, sweep_mode: bool) -> int:
             return 0
         _print_record(rec)
         return 0
+    if getattr(args, "jobs", 1) < 1:
+        print(f"--jobs {args.jobs}: give a positive number of parallel runs, e.g. --jobs 2", file=sys.stderr)
+        return 2
     summary = sweep(tasks, methods, backbones, seeds, store, base, progress=sys.stderr.isatty() or True,
-                    log=lambda *a: print(*a, file=sys.stderr))
+                    log=lambda *a: print(*a, file=sys.stderr), jobs=getattr(args, "jobs", 1))
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
     else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -240,9 +241,30 @@ def expand(spec: str, names: list[str]) -> list[str]:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
+def _worker_init(threads: int) -> None:
+    # one process per run slot, each with a fixed share of the cores: on a small CPU, torch's default of
+    # one thread per core in every process oversubscribes and runs many times slower than this
+    torch.set_num_threads(threads)
+
+
+def _run_in_worker(spec: RunSpec, root: str) -> tuple[str, str]:
+    """Runs one config in a sweep worker; returns ("done" | "skipped" | "failed", detail) (records stay on disk)."""
+    try:
+        rec = run(spec, ResultStore(root), log=lambda *a: print(*a, file=sys.stderr, flush=True))
+    except Exception as e:
+        return "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+    return ("skipped" if rec.get("skipped") else "done"), ""
+
+
 def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], seeds: list[int],
-          store: ResultStore, base: RunSpec, progress: bool = True, log: Callable = print) -> dict:
-    """Every compatible (task, method, backbone, seed); skips existing results; never stops on one failure."""
+          store: ResultStore, base: RunSpec, progress: bool = True, log: Callable = print,
+          jobs: int = 1) -> dict:
+    """Every compatible (task, method, backbone, seed); skips existing results; never stops on one failure.
+
+    ``jobs`` > 1 runs that many configs at once in separate processes, each limited to
+    cpu_count // jobs torch threads. Results are the same records (each written atomically by its
+    own run); plugins reach the workers through entry points, not through in-process registration.
+    """
     from tqdm import tqdm
     regs = registries()
     plan, incompatible = [], []
@@ -256,18 +278,42 @@ def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], 
                     continue
                 plan += [(t, m, b, s) for s in seeds]
     done, skipped, failed = [], [], []
-    bar = tqdm(plan, disable=not progress, desc="oodbench sweep", unit="run")
-    for t, m, b, s in bar:
-        bar.set_postfix_str(f"{t} {m} {b} seed{s}")
-        spec = RunSpec(task=t, method=m, backbone=b, seed=s, method_params=base.method_params,
-                       backbone_params=base.backbone_params, preset=base.preset, adapt_k=base.adapt_k,
-                       device=base.device, epochs=base.epochs)
-        try:
-            rec = run(spec, store, log=log)
-        except Exception as e:
-            failed.append((t, m, b, s, f"{type(e).__name__}: {e}"))
-            log(f"FAILED {t} {m} {b} seed{s}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
-            continue
-        (skipped if rec.get("skipped") else done).append((t, m, b, s))
+    specs = [((t, m, b, s), RunSpec(task=t, method=m, backbone=b, seed=s, method_params=base.method_params,
+                                    backbone_params=base.backbone_params, preset=base.preset,
+                                    adapt_k=base.adapt_k, device=base.device, epochs=base.epochs))
+             for t, m, b, s in plan]
+    outcome = {"done": done, "skipped": skipped}
+    if jobs > 1 and len(specs) > 1:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(min(jobs, len(specs)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_in_worker, spec, str(store.root)): key for key, spec in specs}
+            for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress,
+                            desc=f"oodbench sweep ({jobs} jobs)", unit="run"):
+                key = futures[fut]
+                try:
+                    status, detail = fut.result()
+                except Exception as e:  # the worker process itself died (e.g. out of memory)
+                    status, detail = "failed", f"{type(e).__name__}: {e}"
+                if status == "failed":
+                    failed.append((*key, detail.splitlines()[0]))
+                    log(f"FAILED {' '.join(map(str, key))}: {detail}")
+                else:
+                    outcome[status].append(key)
+    else:
+        bar = tqdm(specs, disable=not progress, desc="oodbench sweep", unit="run")
+        for key, spec in bar:
+            t, m, b, s = key
+            bar.set_postfix_str(f"{t} {m} {b} seed{s}")
+            try:
+                rec = run(spec, store, log=log)
+            except Exception as e:
+                failed.append((t, m, b, s, f"{type(e).__name__}: {e}"))
+                log(f"FAILED {t} {m} {b} seed{s}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+                continue
+            (skipped if rec.get("skipped") else done).append(key)
     return {"planned": len(plan), "done": done, "skipped": skipped, "failed": failed,
             "incompatible": incompatible}

@@ -63,6 +63,30 @@ def test_killed_sweep_resumes_without_losing_results(tmp_path):
     assert sorted(r["seed"] for r in recs) == [0, 1, 2]
 
 
+@needs_matbench
+def test_parallel_sweep_writes_the_same_records_as_a_serial_one(tmp_path, capsys):
+    import torch
+    args = ["sweep", "--method", "erm", "--backbone", "irnet", "--task", "phonons-top", "--seeds", "0,1", *TINY]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' share on a 2-core machine; keeps the float arithmetic alike
+    try:
+        assert main([*args, "--results", str(tmp_path / "serial")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    assert main([*args, "--jobs", "2", "--results", str(tmp_path / "parallel"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(summary["done"]) == 2 and not summary["failed"]
+    serial = {r["config_hash"]: r for r in ResultStore(tmp_path / "serial")}
+    parallel = {r["config_hash"]: r for r in ResultStore(tmp_path / "parallel")}
+    assert serial.keys() == parallel.keys() and len(serial) == 2
+    for h, rec in serial.items():
+        assert parallel[h]["metrics"]["mae"] == pytest.approx(rec["metrics"]["mae"], rel=1e-3)
+    # re-running in parallel finds everything done
+    assert main([*args, "--jobs", "2", "--results", str(tmp_path / "parallel"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["skipped"]) == 2
+
+
 def test_unknown_names_suggest_close_ones(capsys):
     assert main(["run", "--method", "ermm", "--task", "phonons-top"]) == 2
     err = capsys.readouterr().err
