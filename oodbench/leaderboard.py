@@ -122,6 +122,14 @@ def relative_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bo
     return table, ["method × backbone", *tasks, f"better than {base} on", "mean change"], base
 
 
+def transpose(table: list[list[str]], header: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Tasks as rows, method × backbone as columns: the readable layout for a family of many tasks."""
+    n_tasks = len(header) - 2
+    body = [[header[1 + j]] + [line[1 + j] for line in table] for j in range(n_tasks)]
+    body.append([header[-1]] + [line[-1] for line in table])
+    return body, ["task", *[line[0] for line in table]]
+
+
 def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
           metrics: Optional[list[str]] = None, baselines: Optional[list[str]] = None) -> str:
     regs = registries()
@@ -144,6 +152,8 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
             if all(all(c in ("–", "n/a") for c in line[1:-1]) for line in table):
                 continue
             arrow = "higher is better" if metric.higher_is_better else "lower is better"
+            if len(tasks) > 12 and len(tasks) > len(table):  # e.g. a leave-one-element family
+                table, header = transpose(table, header)
             lines += [f"### {m} ({metric.description}; {arrow})", "", tabulate(table, header, tablefmt="github"), ""]
         rel = relative_table(groups, k, rel_metric, regs.metrics.get(rel_metric).higher_is_better, tasks,
                              baselines) if baselines else None

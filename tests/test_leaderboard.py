@@ -70,3 +70,15 @@ def test_relative_table_falls_back_to_the_next_baseline_per_section():
     md = build(adapted, "t", metrics=["mae"], baselines=["erm", "finetune"])
     assert "### mae relative to erm" in md.split("## Adapted")[0]
     assert "### mae relative to finetune" in md.split("## Adapted")[1] and "-25.0 %" in md.split("## Adapted")[1]
+
+
+def test_many_tasks_are_laid_out_as_rows():
+    from oodbench.leaderboard import transpose
+    table, header = metric_table(group(RECS), 0, "mae", False, ["a", "b"])
+    body, head = transpose(table, header)
+    assert head == ["task", *[line[0] for line in table]]
+    assert [line[0] for line in body] == ["a", "b", "avg rank"]
+    assert body[0][1:] == [line[1] for line in table]
+    many = [rec("erm", f"t{i:02d}", 0, 1.0 + i) for i in range(13)]
+    md = build(many, "t", metrics=["mae"])
+    assert "| task " in md and "| t12 " in md
