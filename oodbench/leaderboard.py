@@ -178,8 +178,10 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
 
 def _short_params(rec: dict) -> str:
     mp = rec["method"]["params"]
-    keys = [k for k in ("max_epochs", "batch_size", "lr") if k in mp]
-    return ", ".join(f"{k}={mp[k]}" for k in keys) + f"; backbone {rec['backbone']['params']}"
+    # a gradient-free backbone (trees) is fitted in one go: the method's epoch/batch/lr settings did not apply
+    trained = rec.get("training", {}).get("epochs", 1) != 0
+    keys = [k for k in ("max_epochs", "batch_size", "lr") if k in mp and trained]
+    return ", ".join(f"{k}={mp[k]}" for k in keys) + ("; " if keys else "") + f"backbone {rec['backbone']['params']}"
 
 
 def publish(records: list[dict], out_dir, title: str, tasks=None, metrics=None, baselines=None) -> Path:
