@@ -168,12 +168,22 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
     for (k, r, t), seeds in groups.items():
         for rec in seeds.values():
             env = rec["environment"]
-            commit = str(env["git"].get("commit", ""))[:10] + (" (uncommitted changes)" if env["git"].get("dirty") else "")
+            commit = str(env["git"].get("commit", ""))[:10] + _dirty_note(env["git"])
             prov[r].add((env["device"]["type"], env["device"].get("name", ""), commit, _short_params(rec)))
     for r in sorted(prov):
         for dev, name, commit, params in sorted(prov[r]):
             lines.append(f"- {r}: device {dev} ({name}), commit {commit}, {params}")
     return "\n".join(lines) + "\n"
+
+
+def _dirty_note(git: dict) -> str:
+    if not git.get("dirty"):
+        return ""
+    files = git.get("dirty_files")
+    if not files:  # records from before the file list was kept
+        return " (uncommitted changes)"
+    more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+    return f" (uncommitted changes to {', '.join(files[:3])}{more})"
 
 
 def _short_params(rec: dict) -> str:

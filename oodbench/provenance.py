@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -28,16 +29,34 @@ def package_versions() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> dict:
-    root = Path(__file__).resolve().parent.parent
+    """oodbench's own checkout, as :func:`git_state` describes it.
+
+    Cached per process and first called when a run starts, so it describes the code that was imported,
+    even if the checkout changes while a long sweep is running.
+    """
+    return git_state(Path(__file__).resolve().parent.parent)
+
+
+def git_state(root: Path) -> dict:
+    """The commit of the checkout at ``root``; if it has uncommitted changes, which tracked files and a hash
+    of the diff (so two runs from the same dirty tree can be told apart from runs from another)."""
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+                              timeout=10).stdout
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=no")
+        diff = git("diff", "HEAD") if status.strip() else ""
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": dirty if commit else None}
+    if not commit:
+        return {"commit": None, "dirty": None}
+    files = sorted(line[3:] for line in status.splitlines() if line.strip())
+    out = {"commit": commit, "dirty": bool(files)}
+    if files:
+        out["dirty_files"] = files
+        out["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()[:16]
+    return out
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -16,7 +16,7 @@ from . import __version__
 from .api import COMPOSITION, STRUCTURE, Context, FitData, Subset
 from .metrics import compute_all
 from .plugins import registries
-from .provenance import environment, resolve_device
+from .provenance import environment, git_commit, resolve_device
 from .results import SCHEMA_VERSION, ResultStore, config_hash
 from .tasks import TaskData, get_task
 
@@ -166,6 +166,7 @@ def prepare(spec: RunSpec):
 def run(spec: RunSpec, store: Optional[ResultStore] = None, force: bool = False,
         log: Callable = print) -> dict:
     """Train and evaluate one config; write and return its record (or the existing one)."""
+    git_commit()  # pin the provenance to the code as it was when the run started
     t_start = time.perf_counter()
     task_data, method, backbone, config = prepare(spec)
     if store is not None and not force and store.exists(config):

@@ -82,3 +82,9 @@ def test_many_tasks_are_laid_out_as_rows():
     many = [rec("erm", f"t{i:02d}", 0, 1.0 + i) for i in range(13)]
     md = build(many, "t", metrics=["mae"])
     assert "| task " in md and "| t12 " in md
+
+
+def test_footer_names_uncommitted_files():
+    r = rec("erm", "a", 0, 1.0)
+    r["environment"]["git"] = {"commit": "abcdef1234567", "dirty": True, "dirty_files": ["x.py", "y.py"]}
+    assert "commit abcdef1234 (uncommitted changes to x.py, y.py)" in build([r], "t", metrics=["mae"])

@@ -42,3 +42,28 @@ def test_store_roundtrip_ignores_foreign_json(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"x": 1}))
     recs = list(store)
     assert len(recs) == 1 and recs[0]["path"] == str(path)
+
+
+def test_git_state_names_uncommitted_files_and_hashes_the_diff(tmp_path):
+    import shutil
+    import subprocess
+    from oodbench.provenance import git_state
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("one\n")
+    (tmp_path / "b.txt").write_text("two\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    clean = git_state(tmp_path)
+    assert len(clean["commit"]) == 40 and clean["dirty"] is False and "dirty_files" not in clean
+    (tmp_path / "a.txt").write_text("changed\n")
+    (tmp_path / "untracked.txt").write_text("not part of the code\n")
+    first = git_state(tmp_path)
+    assert first["dirty"] is True and first["dirty_files"] == ["a.txt"]
+    (tmp_path / "a.txt").write_text("changed again\n")
+    assert git_state(tmp_path)["diff_sha256"] != first["diff_sha256"]
+    assert git_state(tmp_path / "missing")["commit"] is None
