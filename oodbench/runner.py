@@ -1,6 +1,7 @@
 """Run one (task, method, backbone, seed) config, or a sweep of them, into a results store."""
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -149,6 +150,24 @@ def select_pool(test: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(test[perm[:k]]), np.sort(test[perm[k:]])
 
 
+def fit_key(config: dict, task_data: TaskData, data: FitData) -> str:
+    """Hash of everything a zero-shot fit depends on: the same key means the same trained model.
+
+    The shift sets of one dataset (``*-covariate``, ``*-prior``, ``*-relation``, ``*-iid``) share their
+    training and validation rows, so a method trained for one of them is the model for all of them.
+    """
+    d = task_data.dataset
+    digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]  # noqa: E731
+    return config_hash({
+        "dataset": task_data.spec.dataset, "source": d.source.get("sha256"), "rows": len(d),
+        "label": task_data.spec.label, "transform": task_data.spec.transform,
+        "train": digest(task_data.split.train), "val": digest(task_data.split.val),
+        "label_range": data.label_range, "y": [data.y_mean, data.y_scale],
+        "method": config["method"], "method_params": config["method_params"],
+        "backbone": config["backbone"], "backbone_params": config["backbone_params"], "seed": config["seed"],
+    })
+
+
 def prepare(spec: RunSpec):
     """Resolve names and build (task data, method, backbone, config) without training."""
     regs = registries()
@@ -164,8 +183,13 @@ def prepare(spec: RunSpec):
 
 
 def run(spec: RunSpec, store: Optional[ResultStore] = None, force: bool = False,
-        log: Callable = print) -> dict:
-    """Train and evaluate one config; write and return its record (or the existing one)."""
+        log: Callable = print, fit_cache: Optional[dict] = None) -> dict:
+    """Train and evaluate one config; write and return its record (or the existing one).
+
+    ``fit_cache`` (a dict a sweep keeps across the tasks of one method × backbone × seed): a zero-shot
+    run whose :func:`fit_key` is already in it evaluates that trained model instead of training an
+    identical one again; its record says which task the model was trained for.
+    """
     git_commit()  # pin the provenance to the code as it was when the run started
     t_start = time.perf_counter()
     task_data, method, backbone, config = prepare(spec)
@@ -197,10 +221,21 @@ def run(spec: RunSpec, store: Optional[ResultStore] = None, force: bool = False,
                    y_mean=y_mean, y_scale=y_scale)
     ctx = Context(device=device, seed=spec.seed, rng=np.random.default_rng(spec.seed), log=log)
 
-    model = backbone.build(data.train, spec.seed)
-    t_fit = time.perf_counter()
-    model = method.fit(model, data, ctx)
-    fit_s = time.perf_counter() - t_fit
+    key = fit_key(config, task_data, data)
+    reuse = fit_cache is not None and not spec.adapt_k
+    fit_info = {"key": key, "reused_from": None}
+    if reuse and key in fit_cache:
+        model, ctx.info, fit_s, fit_info["reused_from"] = fit_cache[key]
+        ctx.info = dict(ctx.info)
+        log(f"{spec.task}: same training rows and settings as {fit_info['reused_from']}; evaluating that model")
+    else:
+        model = backbone.build(data.train, spec.seed)
+        t_fit = time.perf_counter()
+        model = method.fit(model, data, ctx)
+        fit_s = time.perf_counter() - t_fit
+        if reuse:
+            fit_cache.clear()  # one model at a time: a sweep runs the tasks of one fit back to back
+            fit_cache[key] = (model, dict(ctx.info), fit_s, spec.task)
     t_pred = time.perf_counter()
     pred_std = method.predict(model, inputs.take(test_rows), ctx)
     predict_s = time.perf_counter() - t_pred
@@ -223,7 +258,8 @@ def run(spec: RunSpec, store: Optional[ResultStore] = None, force: bool = False,
                   "pool_ids": [str(i) for i in ids[pool_rows]] if pool_rows is not None else []},
         "metrics": metrics,
         "training": _jsonable(ctx.info),
-        "timing": {"fit_s": fit_s, "predict_s": predict_s, "predict_s_per_sample": predict_s / max(1, len(test_rows)),
+        "fit": fit_info,
+        "timing": {"fit_s": fit_s,  # of the fit this model came from, also when it was reused "predict_s": predict_s, "predict_s_per_sample": predict_s / max(1, len(test_rows)),
                    "wall_s": time.perf_counter() - t_start},
         "environment": environment(device),
         "oodbench_version": __version__,
@@ -248,13 +284,27 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_in_worker(spec: RunSpec, root: str) -> tuple[str, str]:
-    """Runs one config in a sweep worker; returns ("done" | "skipped" | "failed", detail) (records stay on disk)."""
-    try:
-        rec = run(spec, ResultStore(root), log=lambda *a: print(*a, file=sys.stderr, flush=True))
-    except Exception as e:
-        return "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-    return ("skipped" if rec.get("skipped") else "done"), ""
+def _training_rule(task: str) -> str:
+    """What decides a task's training rows, read from its declaration (no data loaded)."""
+    spec = get_task(task)
+    rule = {k: v for k, v in spec.split.items() if k != "test"}
+    return json.dumps([spec.dataset, spec.label, spec.transform, rule], sort_keys=True, default=str)
+
+
+def _run_group_in_worker(group: list, root: str) -> list:
+    """Runs one method × backbone × seed over its tasks in a sweep worker (sharing zero-shot fits).
+
+    Returns [(key, "done" | "skipped" | "failed", detail)]; the records themselves stay on disk.
+    """
+    store, cache, out = ResultStore(root), {}, []
+    for key, spec in group:
+        try:
+            rec = run(spec, store, log=lambda *a: print(*a, file=sys.stderr, flush=True), fit_cache=cache)
+        except Exception as e:
+            out.append((key, "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
+            continue
+        out.append((key, "skipped" if rec.get("skipped") else "done", ""))
+    return out
 
 
 def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], seeds: list[int],
@@ -262,7 +312,11 @@ def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], 
           jobs: int = 1) -> dict:
     """Every compatible (task, method, backbone, seed); skips existing results; never stops on one failure.
 
-    ``jobs`` > 1 runs that many configs at once in separate processes, each limited to
+    Zero-shot tasks that share their training rows (e.g. ``mp-eform-covariate/prior/relation/iid``)
+    train one model per method × backbone × seed and evaluate it on each; their records name the task
+    the model was trained for (``fit.reused_from``).
+
+    ``jobs`` > 1 runs that many groups at once in separate processes, each limited to
     cpu_count // jobs torch threads. Results are the same records (each written atomically by its
     own run); plugins reach the workers through entry points, not through in-process registration.
     """
@@ -279,42 +333,53 @@ def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], 
                     continue
                 plan += [(t, m, b, s) for s in seeds]
     done, skipped, failed = [], [], []
-    specs = [((t, m, b, s), RunSpec(task=t, method=m, backbone=b, seed=s, method_params=base.method_params,
-                                    backbone_params=base.backbone_params, preset=base.preset,
-                                    adapt_k=base.adapt_k, device=base.device, epochs=base.epochs))
-             for t, m, b, s in plan]
+    # tasks whose split rules differ only in the test part (the shift sets of one dataset) share their
+    # training rows: one method × backbone × seed runs them back to back in one process, so the model is
+    # trained once and evaluated on each (``run``'s fit_cache); everything else is a group of its own
+    groups: dict = {}
+    for t, m, b, s in plan:
+        spec = RunSpec(task=t, method=m, backbone=b, seed=s, method_params=base.method_params,
+                       backbone_params=base.backbone_params, preset=base.preset, adapt_k=base.adapt_k,
+                       device=base.device, epochs=base.epochs)
+        groups.setdefault((m, b, s, _training_rule(t)), []).append(((t, m, b, s), spec))
     outcome = {"done": done, "skipped": skipped}
-    if jobs > 1 and len(specs) > 1:
+    if jobs > 1 and len(groups) > 1:
         import multiprocessing
         import os
         from concurrent.futures import ProcessPoolExecutor, as_completed
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(min(jobs, len(specs)), mp_context=multiprocessing.get_context("spawn"),
+        bar = tqdm(total=len(plan), disable=not progress, desc=f"oodbench sweep ({jobs} jobs)", unit="run")
+        with ProcessPoolExecutor(min(jobs, len(groups)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_in_worker, spec, str(store.root)): key for key, spec in specs}
-            for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress,
-                            desc=f"oodbench sweep ({jobs} jobs)", unit="run"):
-                key = futures[fut]
+            futures = {pool.submit(_run_group_in_worker, g, str(store.root)): g for g in groups.values()}
+            for fut in as_completed(futures):
                 try:
-                    status, detail = fut.result()
+                    results = fut.result()
                 except Exception as e:  # the worker process itself died (e.g. out of memory)
-                    status, detail = "failed", f"{type(e).__name__}: {e}"
-                if status == "failed":
-                    failed.append((*key, detail.splitlines()[0]))
-                    log(f"FAILED {' '.join(map(str, key))}: {detail}")
-                else:
-                    outcome[status].append(key)
+                    results = [(key, "failed", f"{type(e).__name__}: {e}") for key, _ in futures[fut]]
+                for key, status, detail in results:
+                    if status == "failed":
+                        failed.append((*key, detail.splitlines()[0]))
+                        log(f"FAILED {' '.join(map(str, key))}: {detail}")
+                    else:
+                        outcome[status].append(key)
+                bar.update(len(results))
+        bar.close()
     else:
-        bar = tqdm(specs, disable=not progress, desc="oodbench sweep", unit="run")
-        for key, spec in bar:
-            t, m, b, s = key
-            bar.set_postfix_str(f"{t} {m} {b} seed{s}")
-            try:
-                rec = run(spec, store, log=log)
-            except Exception as e:
-                failed.append((t, m, b, s, f"{type(e).__name__}: {e}"))
-                log(f"FAILED {t} {m} {b} seed{s}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
-                continue
-            (skipped if rec.get("skipped") else done).append(key)
+        bar = tqdm(total=len(plan), disable=not progress, desc="oodbench sweep", unit="run")
+        for group in groups.values():
+            cache: dict = {}
+            for key, spec in group:
+                t, m, b, s = key
+                bar.set_postfix_str(f"{t} {m} {b} seed{s}")
+                try:
+                    rec = run(spec, store, log=log, fit_cache=cache)
+                except Exception as e:
+                    failed.append((t, m, b, s, f"{type(e).__name__}: {e}"))
+                    log(f"FAILED {t} {m} {b} seed{s}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+                else:
+                    (skipped if rec.get("skipped") else done).append(key)
+                bar.update(1)
+        bar.close()
     return {"planned": len(plan), "done": done, "skipped": skipped, "failed": failed,
             "incompatible": incompatible}

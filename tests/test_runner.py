@@ -87,6 +87,34 @@ def test_parallel_sweep_writes_the_same_records_as_a_serial_one(tmp_path, capsys
     assert len(json.loads(capsys.readouterr().out)["skipped"]) == 2
 
 
+@needs_matbench
+def test_shift_sets_sharing_training_rows_train_once_and_match_a_fresh_fit(tmp_path, capsys):
+    tasks = "phonons-cal-covariate,phonons-cal-iid,phonons-top"
+    assert main(["sweep", "--method", "erm", "--backbone", "irnet", "--task", tasks, "--seeds", "0",
+                 "--results", str(tmp_path / "sweep"), *TINY]) == 0
+    recs = {r["config"]["task"]: r for r in ResultStore(tmp_path / "sweep")}
+    assert recs["phonons-cal-covariate"]["fit"]["reused_from"] is None
+    assert recs["phonons-cal-iid"]["fit"]["reused_from"] == "phonons-cal-covariate"
+    assert recs["phonons-cal-iid"]["fit"]["key"] == recs["phonons-cal-covariate"]["fit"]["key"]
+    assert recs["phonons-top"]["fit"]["reused_from"] is None  # other training rows: its own fit
+    assert recs["phonons-top"]["fit"]["key"] != recs["phonons-cal-iid"]["fit"]["key"]
+    # the reused model predicts exactly what a model trained for that task alone predicts
+    alone = run(RunSpec(task="phonons-cal-iid", method="erm", backbone="irnet", seed=0, preset="small", epochs=2),
+                ResultStore(tmp_path / "alone"))
+    assert alone["fit"]["reused_from"] is None
+    np.testing.assert_allclose(recs["phonons-cal-iid"]["predictions"]["y_pred"], alone["predictions"]["y_pred"],
+                               rtol=1e-5)
+    assert recs["phonons-cal-iid"]["training"]["epochs"] == alone["training"]["epochs"]
+
+
+@needs_matbench
+def test_adapted_runs_never_reuse_a_fit(tmp_path):
+    cache = {}
+    recs = [run(RunSpec(task=t, method="finetune", backbone="irnet", seed=0, preset="small", epochs=2, adapt_k=16),
+                ResultStore(tmp_path), fit_cache=cache) for t in ("phonons-cal-covariate", "phonons-cal-prior-max")]
+    assert [r["fit"]["reused_from"] for r in recs] == [None, None] and not cache
+
+
 def test_unknown_names_suggest_close_ones(capsys):
     assert main(["run", "--method", "ermm", "--task", "phonons-top"]) == 2
     err = capsys.readouterr().err
