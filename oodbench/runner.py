@@ -287,7 +287,10 @@ def _worker_init(threads: int) -> None:
 def _training_rule(task: str) -> str:
     """What decides a task's training rows, read from its declaration (no data loaded)."""
     spec = get_task(task)
-    rule = {k: v for k, v in spec.split.items() if k != "test"}
+    if spec.split.get("kind") == "frozen-ids":  # train and val are named parts of the file; the rest is evaluation
+        rule = {k: spec.split.get(k) for k in ("kind", "file", "sha256", "train", "val")}
+    else:
+        rule = {k: v for k, v in spec.split.items() if k != "test"}
     return json.dumps([spec.dataset, spec.label, spec.transform, rule], sort_keys=True, default=str)
 
 

@@ -89,12 +89,14 @@ def test_parallel_sweep_writes_the_same_records_as_a_serial_one(tmp_path, capsys
 
 @needs_matbench
 def test_shift_sets_sharing_training_rows_train_once_and_match_a_fresh_fit(tmp_path, capsys):
-    tasks = "phonons-cal-covariate,phonons-cal-iid,phonons-top"
+    tasks = "phonons-cal-covariate,phonons-cal-prior-max,phonons-cal-iid,phonons-top"
     assert main(["sweep", "--method", "erm", "--backbone", "irnet", "--task", tasks, "--seeds", "0",
                  "--results", str(tmp_path / "sweep"), *TINY]) == 0
     recs = {r["config"]["task"]: r for r in ResultStore(tmp_path / "sweep")}
     assert recs["phonons-cal-covariate"]["fit"]["reused_from"] is None
     assert recs["phonons-cal-iid"]["fit"]["reused_from"] == "phonons-cal-covariate"
+    # prior-max declares an extrapolation side for its metrics, which does not change its training rows
+    assert recs["phonons-cal-prior-max"]["fit"]["reused_from"] == "phonons-cal-covariate"
     assert recs["phonons-cal-iid"]["fit"]["key"] == recs["phonons-cal-covariate"]["fit"]["key"]
     assert recs["phonons-top"]["fit"]["reused_from"] is None  # other training rows: its own fit
     assert recs["phonons-top"]["fit"]["key"] != recs["phonons-cal-iid"]["fit"]["key"]
