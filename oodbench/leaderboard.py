@@ -144,8 +144,10 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
               f"its table's others. **Bold**: best in its column. "
               f"avg rank: mean of the row's rank (1 = best, ties averaged) over the tasks where it has results. Metrics are in the task's "
               f"label units (after its transform). Produced by `oodbench leaderboard` from the records in `raw/`.", ""]
+    all_tasks = tasks
     for k in sorted({k for (k, _r, _t) in groups}):
         lines += [f"## {'Zero-shot' if k == 0 else f'Adapted (k = {k} labelled target samples)'}", ""]
+        tasks = [t for t in all_tasks if any(kk == k and tt == t for (kk, _r, tt) in groups)]  # no empty columns
         for m in metrics:
             metric = regs.metrics.get(m)
             table, header = metric_table(groups, k, m, metric.higher_is_better, tasks)

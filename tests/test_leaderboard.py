@@ -88,3 +88,10 @@ def test_footer_names_uncommitted_files():
     r = rec("erm", "a", 0, 1.0)
     r["environment"]["git"] = {"commit": "abcdef1234567", "dirty": True, "dirty_files": ["x.py", "y.py"]}
     assert "commit abcdef1234 (uncommitted changes to x.py, y.py)" in build([r], "t", metrics=["mae"])
+
+
+def test_a_section_shows_only_the_tasks_it_has_results_for():
+    md = build(RECS, "t", tasks=["a", "b"], metrics=["mae"])
+    adapted = md.split("## Adapted")[1].split("## How")[0]
+    header = [c.strip() for c in adapted.split("### mae")[1].splitlines()[2].split("|")[1:-1]]
+    assert header == ["method × backbone", "a", "avg rank"]
