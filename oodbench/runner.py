@@ -162,6 +162,7 @@ def fit_key(config: dict, task_data: TaskData, data: FitData) -> str:
         "dataset": task_data.spec.dataset, "source": d.source.get("sha256"), "rows": len(d),
         "label": task_data.spec.label, "transform": task_data.spec.transform,
         "train": digest(task_data.split.train), "val": digest(task_data.split.val),
+        "pool": digest(data.pool.ids.astype(str)) if data.pool is not None else None,
         "label_range": data.label_range, "y": [data.y_mean, data.y_scale],
         "method": config["method"], "method_params": config["method_params"],
         "backbone": config["backbone"], "backbone_params": config["backbone_params"], "seed": config["seed"],

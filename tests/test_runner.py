@@ -115,6 +115,10 @@ def test_adapted_runs_never_reuse_a_fit(tmp_path):
     recs = [run(RunSpec(task=t, method="finetune", backbone="irnet", seed=0, preset="small", epochs=2, adapt_k=16),
                 ResultStore(tmp_path), fit_cache=cache) for t in ("phonons-cal-covariate", "phonons-cal-prior-max")]
     assert [r["fit"]["reused_from"] for r in recs] == [None, None] and not cache
+    # the pool is part of what the model was trained on, so the key says these are different fits
+    other_pool = run(RunSpec(task="phonons-cal-covariate", method="finetune", backbone="irnet", seed=0, preset="small",
+                       epochs=2, adapt_k=8), ResultStore(tmp_path))
+    assert len({r["fit"]["key"] for r in [*recs, other_pool]}) == 3
 
 
 def test_unknown_names_suggest_close_ones(capsys):
