@@ -36,13 +36,17 @@ def _fmt(vals: list[float], n_expected: int) -> str:
     return f"{np.mean(vals):.4f} ± {np.std(vals, ddof=1):.4f}{short}"
 
 
+def seed_values(groups: dict, adapt_k: int, metric: str) -> dict:
+    """{(row, task): [the metric of each seed]} for one section (zero-shot or one adaptation k)."""
+    return {(r, t): [rec["metrics"][metric] for rec in seeds.values()]
+            for (k, r, t), seeds in groups.items() if k == adapt_k}
+
+
 def metric_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bool,
                  tasks: list[str]) -> tuple[list[list[str]], list[str]]:
     rows = sorted({r for (k, r, _t) in groups if k == adapt_k})
-    means = {(r, t): np.mean([rec["metrics"][metric] for rec in groups[(adapt_k, r, t)].values()])
-             for (k, r, t) in groups if k == adapt_k}
-    vals = {(r, t): [rec["metrics"][metric] for rec in groups[(adapt_k, r, t)].values()]
-            for (k, r, t) in groups if k == adapt_k}
+    vals = seed_values(groups, adapt_k, metric)
+    means = {rt: np.mean(v) for rt, v in vals.items()}
     n_expected = max((len(v) for v in vals.values()), default=1)
     best = {}
     ranks: dict = defaultdict(list)
@@ -96,8 +100,7 @@ def relative_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bo
     base = next((b for b in baselines if b in present), None)
     if base is None:
         return None
-    mean = {(r, t): float(np.mean([rec["metrics"][metric] for rec in groups[(adapt_k, r, t)].values()]))
-            for (k, r, t) in groups if k == adapt_k}
+    mean = {rt: float(np.mean(v)) for rt, v in seed_values(groups, adapt_k, metric).items()}
     table = []
     for r in rows:
         if r.split(" × ", 1)[0] == base:
@@ -144,20 +147,19 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
               f"its table's others. **Bold**: best in its column. "
               f"avg rank: mean of the row's rank (1 = best, ties averaged) over the tasks where it has results. Metrics are in the task's "
               f"label units (after its transform). Produced by `oodbench leaderboard` from the records in `raw/`.", ""]
-    all_tasks = tasks
     for k in sorted({k for (k, _r, _t) in groups}):
         lines += [f"## {'Zero-shot' if k == 0 else f'Adapted (k = {k} labelled target samples)'}", ""]
-        tasks = [t for t in all_tasks if any(kk == k and tt == t for (kk, _r, tt) in groups)]  # no empty columns
+        section = [t for t in tasks if any(kk == k and tt == t for (kk, _r, tt) in groups)]  # no empty columns
         for m in metrics:
             metric = regs.metrics.get(m)
-            table, header = metric_table(groups, k, m, metric.higher_is_better, tasks)
+            table, header = metric_table(groups, k, m, metric.higher_is_better, section)
             if all(all(c in ("–", "n/a") for c in line[1:-1]) for line in table):
                 continue
             arrow = "higher is better" if metric.higher_is_better else "lower is better"
-            if len(tasks) > 12 and len(tasks) > len(table):  # e.g. a leave-one-element family
+            if len(section) > 12 and len(section) > len(table):  # e.g. a leave-one-element family
                 table, header = transpose(table, header)
             lines += [f"### {m} ({metric.description}; {arrow})", "", tabulate(table, header, tablefmt="github"), ""]
-        rel = relative_table(groups, k, rel_metric, regs.metrics.get(rel_metric).higher_is_better, tasks,
+        rel = relative_table(groups, k, rel_metric, regs.metrics.get(rel_metric).higher_is_better, section,
                              baselines) if baselines else None
         if rel and rel[0]:
             table, header, base = rel

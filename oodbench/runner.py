@@ -156,8 +156,10 @@ def fit_key(config: dict, task_data: TaskData, data: FitData) -> str:
     The shift sets of one dataset (``*-covariate``, ``*-prior``, ``*-relation``, ``*-iid``) share their
     training and validation rows, so a method trained for one of them is the model for all of them.
     """
+    def digest(a) -> str:
+        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
     d = task_data.dataset
-    digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]  # noqa: E731
     return config_hash({
         "dataset": task_data.spec.dataset, "source": d.source.get("sha256"), "rows": len(d),
         "label": task_data.spec.label, "transform": task_data.spec.transform,
@@ -226,8 +228,8 @@ def run(spec: RunSpec, store: Optional[ResultStore] = None, force: bool = False,
     reuse = fit_cache is not None and not spec.adapt_k
     fit_info = {"key": key, "reused_from": None}
     if reuse and key in fit_cache:
-        model, ctx.info, fit_s, fit_info["reused_from"] = fit_cache[key]
-        ctx.info = dict(ctx.info)
+        model, info, fit_s, fit_info["reused_from"] = fit_cache[key]
+        ctx.info.update(info)
         log(f"{spec.task}: same training rows and settings as {fit_info['reused_from']}; evaluating that model")
     else:
         model = backbone.build(data.train, spec.seed)
@@ -295,20 +297,27 @@ def _training_rule(task: str) -> str:
     return json.dumps([spec.dataset, spec.label, spec.transform, rule], sort_keys=True, default=str)
 
 
-def _run_group_in_worker(group: list, root: str) -> list:
-    """Runs one method × backbone × seed over its tasks in a sweep worker (sharing zero-shot fits).
+def _run_group(group: list, store: ResultStore, log: Callable, before: Callable = lambda key: None,
+               after: Callable = lambda key: None) -> list:
+    """Runs one method × backbone × seed over its tasks, sharing zero-shot fits between them.
 
-    Returns [(key, "done" | "skipped" | "failed", detail)]; the records themselves stay on disk.
+    Returns [(key, "done" | "skipped" | "failed", detail)]; the records themselves are in ``store``.
     """
-    store, cache, out = ResultStore(root), {}, []
+    cache, out = {}, []
     for key, spec in group:
+        before(key)
         try:
-            rec = run(spec, store, log=lambda *a: print(*a, file=sys.stderr, flush=True), fit_cache=cache)
+            rec = run(spec, store, log=log, fit_cache=cache)
         except Exception as e:
             out.append((key, "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
-            continue
-        out.append((key, "skipped" if rec.get("skipped") else "done", ""))
+        else:
+            out.append((key, "skipped" if rec.get("skipped") else "done", ""))
+        after(key)
     return out
+
+
+def _run_group_in_worker(group: list, root: str) -> list:
+    return _run_group(group, ResultStore(root), log=lambda *a: print(*a, file=sys.stderr, flush=True))
 
 
 def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], seeds: list[int],
@@ -336,23 +345,35 @@ def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], 
                     incompatible.append((t, m, b, str(e)))
                     continue
                 plan += [(t, m, b, s) for s in seeds]
-    done, skipped, failed = [], [], []
     # tasks whose split rules differ only in the test part (the shift sets of one dataset) share their
     # training rows: one method × backbone × seed runs them back to back in one process, so the model is
     # trained once and evaluated on each (``run``'s fit_cache); everything else is a group of its own
+    rules = {t: _training_rule(t) for t in tasks}
     groups: dict = {}
     for t, m, b, s in plan:
         spec = RunSpec(task=t, method=m, backbone=b, seed=s, method_params=base.method_params,
                        backbone_params=base.backbone_params, preset=base.preset, adapt_k=base.adapt_k,
                        device=base.device, epochs=base.epochs)
-        groups.setdefault((m, b, s, _training_rule(t)), []).append(((t, m, b, s), spec))
+        groups.setdefault((m, b, s, rules[t]), []).append(((t, m, b, s), spec))
+    done, skipped, failed = [], [], []
     outcome = {"done": done, "skipped": skipped}
-    if jobs > 1 and len(groups) > 1:
+
+    def collect(results: list) -> None:
+        for key, status, detail in results:
+            if status == "failed":
+                failed.append((*key, detail.splitlines()[0]))
+                log(f"FAILED {' '.join(map(str, key))}: {detail}")
+            else:
+                outcome[status].append(key)
+
+    parallel = jobs > 1 and len(groups) > 1
+    bar = tqdm(total=len(plan), disable=not progress, unit="run",
+               desc=f"oodbench sweep ({jobs} jobs)" if parallel else "oodbench sweep")
+    if parallel:
         import multiprocessing
         import os
         from concurrent.futures import ProcessPoolExecutor, as_completed
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        bar = tqdm(total=len(plan), disable=not progress, desc=f"oodbench sweep ({jobs} jobs)", unit="run")
         with ProcessPoolExecutor(min(jobs, len(groups)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init, initargs=(threads,)) as pool:
             futures = {pool.submit(_run_group_in_worker, g, str(store.root)): g for g in groups.values()}
@@ -361,29 +382,13 @@ def sweep(tasks: list[str], methods: list[str], backbones: Optional[list[str]], 
                     results = fut.result()
                 except Exception as e:  # the worker process itself died (e.g. out of memory)
                     results = [(key, "failed", f"{type(e).__name__}: {e}") for key, _ in futures[fut]]
-                for key, status, detail in results:
-                    if status == "failed":
-                        failed.append((*key, detail.splitlines()[0]))
-                        log(f"FAILED {' '.join(map(str, key))}: {detail}")
-                    else:
-                        outcome[status].append(key)
+                collect(results)
                 bar.update(len(results))
-        bar.close()
     else:
-        bar = tqdm(total=len(plan), disable=not progress, desc="oodbench sweep", unit="run")
         for group in groups.values():
-            cache: dict = {}
-            for key, spec in group:
-                t, m, b, s = key
-                bar.set_postfix_str(f"{t} {m} {b} seed{s}")
-                try:
-                    rec = run(spec, store, log=log, fit_cache=cache)
-                except Exception as e:
-                    failed.append((t, m, b, s, f"{type(e).__name__}: {e}"))
-                    log(f"FAILED {t} {m} {b} seed{s}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
-                else:
-                    (skipped if rec.get("skipped") else done).append(key)
-                bar.update(1)
-        bar.close()
+            collect(_run_group(group, store, log,
+                               before=lambda key: bar.set_postfix_str(" ".join(map(str, key[:3])) + f" seed{key[3]}"),
+                               after=lambda key: bar.update(1)))
+    bar.close()
     return {"planned": len(plan), "done": done, "skipped": skipped, "failed": failed,
             "incompatible": incompatible}

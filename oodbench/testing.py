@@ -121,9 +121,9 @@ def check_method(cls: type[Method], backbone: Backbone | None = None, max_epochs
     assert getattr(cls, "name", None), "a method needs a `name`"
     assert cls.description, f"method {cls.name}: give a one-line `description`"
     _check_params(cls)
-    if backbone is None:
-        from oodbench_plugins.backbones.irnet import IRNet
-        backbone = IRNet(widths=(32, 16))
+    if backbone is None:  # the built-in IR-net, found like any plugin (core never imports plugin modules)
+        from .plugins import registries
+        backbone = registries().backbones.get("irnet")(widths=(32, 16))
     ds = toy_dataset(48)
     inputs = backbone.featurize(ds, None)
     y = ds.table["target"].to_numpy()

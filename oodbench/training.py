@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from . import metrics
 from .api import BackboneModule, Context, FitData, Inputs, Method
 
 
@@ -51,7 +52,8 @@ def predict_batched(model: BackboneModule, inputs: Inputs, device, batch_size: i
 
 
 def mae(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.abs(np.asarray(a) - np.asarray(b))))
+    """Validation MAE for early stopping: the registered metric, without its evaluation-info argument."""
+    return float(metrics.mae(np.asarray(a), np.asarray(b), None))
 
 
 class EarlyStopping:
