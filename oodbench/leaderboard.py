@@ -126,11 +126,26 @@ def relative_table(groups: dict, adapt_k: int, metric: str, higher_is_better: bo
 
 
 def transpose(table: list[list[str]], header: list[str]) -> tuple[list[list[str]], list[str]]:
-    """Tasks as rows, method × backbone as columns: the readable layout for a family of many tasks."""
-    n_tasks = len(header) - 2
-    body = [[header[1 + j]] + [line[1 + j] for line in table] for j in range(n_tasks)]
-    body.append([header[-1]] + [line[-1] for line in table])
+    """Tasks as rows, method × backbone as columns: the readable layout for a family of many tasks.
+
+    The summary columns after the tasks (avg rank; "better on" and mean change) become the last rows.
+    """
+    body = [[header[j]] + [line[j] for line in table] for j in range(1, len(header))]
     return body, ["task", *[line[0] for line in table]]
+
+
+def wide(section: list[str], table: list) -> bool:
+    """More tasks than a page is wide, and more tasks than rows: lay the table out with tasks as rows."""
+    return len(section) > 12 and len(section) > len(table)
+
+
+def poolless(groups: dict, adapt_k: int, section: list[str]) -> list[str]:
+    """Zero-shot rows on this adapted section's tasks whose registered method cannot use a target pool."""
+    methods = registries().methods
+    rows = {r for (k, r, t) in groups if k == 0 and t in section}
+    name = lambda r: r.split(" × ", 1)[0]  # noqa: E731
+    return sorted(r for r in rows if name(r) in methods.names()
+                  and not getattr(methods.get(name(r)), "uses_target_pool", False))
 
 
 def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
@@ -156,13 +171,18 @@ def build(records: list[dict], title: str, tasks: Optional[list[str]] = None,
             if all(all(c in ("–", "n/a") for c in line[1:-1]) for line in table):
                 continue
             arrow = "higher is better" if metric.higher_is_better else "lower is better"
-            if len(section) > 12 and len(section) > len(table):  # e.g. a leave-one-element family
+            if wide(section, table):  # e.g. a leave-one-element family
                 table, header = transpose(table, header)
             lines += [f"### {m} ({metric.description}; {arrow})", "", tabulate(table, header, tablefmt="github"), ""]
+        if k and (cannot := poolless(groups, k, section)):
+            lines += ["Not in this section, because they cannot use a target pool (their zero-shot results are "
+                      "above): " + ", ".join(f"`{r}`" for r in cannot) + ".", ""]
         rel = relative_table(groups, k, rel_metric, regs.metrics.get(rel_metric).higher_is_better, section,
                              baselines) if baselines else None
         if rel and rel[0]:
             table, header, base = rel
+            if wide(section, table):
+                table, header = transpose(table, header)
             lines += [f"### {rel_metric} relative to {base} (same backbone)", "",
                       f"Change of the seed-mean {rel_metric} against {base} on the same backbone, "
                       f"100·(method − {base}) / |{base}|; negative is better for a lower-is-better metric.", "",

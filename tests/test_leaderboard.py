@@ -95,3 +95,23 @@ def test_a_section_shows_only_the_tasks_it_has_results_for():
     adapted = md.split("## Adapted")[1].split("## How")[0]
     header = [c.strip() for c in adapted.split("### mae")[1].splitlines()[2].split("|")[1:-1]]
     assert header == ["method × backbone", "a", "avg rank"]
+
+
+def test_many_tasks_relative_table_has_tasks_as_rows_with_summary_rows_last():
+    many = [rec(m, f"t{i:02d}", 0, v * (1.0 + i)) for i in range(13) for m, v in (("erm", 1.0), ("lds", 0.5))]
+    md = build(many, "t", metrics=["mae"], baselines=["erm"])
+    rel = md.split("### mae relative to erm")[1].split("## How")[0]
+    lines = [ln for ln in rel.splitlines() if ln.startswith("| ")]
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["task", "lds × irnet"]
+    cells = {c[0]: c[1] for c in ([x.strip() for x in ln.split("|")[1:-1]] for ln in lines[1:])}
+    assert cells["t00"] == "-50.0 %" and cells["better than erm on"] == "13/13" and cells["mean change"] == "-50.0 %"
+
+
+def test_adapted_section_names_the_methods_that_cannot_use_a_pool():
+    recs = [rec("erm", "a", 0, 1.0), rec("cal-ps", "a", 0, 1.1), rec("cal", "a", 0, 1.2),
+            rec("finetune", "a", 0, 0.9, k=8), rec("cal", "a", 0, 0.8, k=8), rec("erm", "z", 0, 1.0)]
+    md = build(recs, "t", metrics=["mae"])
+    zero, adapted = md.split("## Adapted")
+    assert "cannot use a target pool" not in zero
+    note = next(ln for ln in adapted.splitlines() if "cannot use a target pool" in ln)
+    assert "`cal-ps × irnet`" in note and "`erm × irnet`" in note and "`cal × irnet`" not in note
