@@ -304,3 +304,17 @@ def test_frozen_phonons_task_loads_with_the_recorded_sizes():
     assert s.extrapolation["side"] == "top" and td.y[s.test].min() > s.extrapolation["boundary"]
     doc = json.loads(__import__("gzip").decompress((TASKS / "splits/phonons-cal.json.gz").read_bytes()))
     assert set(doc["groups"]["prior-max"]) == set(td.dataset.ids[s.test])
+
+
+@pytest.mark.parametrize("cls", [CAL, CALPartialOnly, CALAdversarialOnly])
+def test_a_warmup_checkpoint_is_never_returned(cls, monkeypatch):
+    # validation that only gets worse: the best epoch overall is 0, inside the warm-up
+    calls = iter(range(1000))
+    monkeypatch.setattr(cal_pkg, "mae", lambda pred, y: float(next(calls)))
+    _, _, data, _ = _toy()
+    ctx = Context(device=CPU, seed=0, rng=np.random.default_rng(0), log=lambda *a: None)
+    kw = {} if cls is CALPartialOnly else {"n_seeds": 4}
+    cls(warmup_epochs=2, max_epochs=8, batch_size=8, patience=2, **kw).fit(
+        IRNet(widths=(16, 8)).build(data.train, 0), data, ctx)
+    assert ctx.info["best_epoch"] == 2            # the first averaged checkpoint, not epoch 0
+    assert ctx.info["epochs"] == 5                # patience counts from there: stop 2 worse epochs later

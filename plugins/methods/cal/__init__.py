@@ -18,7 +18,14 @@ adversarial learning based fine-tuning" (arXiv:2408.09297; J. Phys. Chem. C
 3. the smooth-L1 (Huber) loss and an exponential moving average of the epoch
    checkpoints; validation MAE is measured on the averaged model, which
    drives ReduceLROnPlateau and early stopping, and the best averaged
-   checkpoint is returned.
+   checkpoint is returned. Warm-up checkpoints are never returned (nor
+   count towards patience): they are not CAL models (no adversarial samples,
+   no partial sampling, no averaging; in targeted mode they have never seen
+   the pool). Before this rule, early stopping returned a warm-up checkpoint
+   whenever partial sampling raised the in-domain validation error, which
+   it did in most runs, so "CAL" results were 5-epoch Huber-ERM models.
+   (A run with ``max_epochs <= warmup_epochs`` never leaves the warm-up and
+   returns its best warm-up checkpoint.)
 
 Targeted mode (the paper's "adversarial learning based fine-tuning"): when
 the runner gives a target pool (``--adapt K``), the adversarial seeds are
@@ -168,6 +175,8 @@ class _CALBase(Method):
         y_train = torch.as_tensor(data.train.y, dtype=torch.float32)
         y_pool = torch.as_tensor(pool.y, dtype=torch.float32) if pool is not None else None
         active = np.arange(len(data.train))
+        # only averaged post-warm-up checkpoints are candidates, unless the run is too short to get there
+        leaves_warmup = int(self.max_epochs) > int(self.warmup_epochs)
         seed_rows_used: set = set()
         n_adv = 0
         reranks = 0
@@ -204,7 +213,7 @@ class _CALBase(Method):
                 judged = model
             val_mae = mae(predict_batched(judged, data.val.inputs, device), data.val.y)
             sched.step(val_mae)
-            if stopper.step(val_mae, epoch, judged):
+            if (after_warmup or not leaves_warmup) and stopper.step(val_mae, epoch, judged):
                 break
         stopper.restore(model)
         # provenance of the adversarial seeds: which part of FitData, which ids (tests check these)
