@@ -30,3 +30,10 @@ def test_standardisation_uses_training_statistics_and_clips_only_when_asked():
     assert torch.allclose(clipped.normalise(inside), plain.normalise(inside))
     with torch.no_grad():
         assert torch.isfinite(clipped.eval()(far.float())).all()
+
+
+def test_input_clip_is_recorded_only_when_set():
+    # records made before the switch existed must keep their config hash (sweeps skip them by it)
+    assert "input_clip" not in IRNet().get_params()
+    assert IRNet(input_clip=10).get_params()["input_clip"] == 10
+    assert IRNet(**IRNet().get_params()).input_clip is None
