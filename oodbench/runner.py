@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import sys
 import time
@@ -285,6 +286,8 @@ def _worker_init(threads: int) -> None:
     # one process per run slot, each with a fixed share of the cores: on a small CPU, torch's default of
     # one thread per core in every process oversubscribes and runs many times slower than this
     torch.set_num_threads(threads)
+    # the same share for backbones whose libraries size their own thread pools (the tree backbones read it)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def _training_rule(task: str) -> str:

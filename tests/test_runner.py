@@ -159,3 +159,17 @@ def test_show_task_json(capsys):
     for s in out["splits"].values():
         assert set(s) >= {"n", "label_min", "label_max"}
     assert out["splits"]["test"]["label_max"] < out["splits"]["train"]["label_min"]
+
+
+def test_a_sweep_worker_gives_tree_backbones_its_share_of_the_cores(monkeypatch):
+    # two workers on two cores: a forest that took every core in each would oversubscribe the machine
+    import torch
+    from oodbench.runner import _worker_init
+    from oodbench_plugins.backbones.trees import _n_jobs
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # restored after the test
+    before = torch.get_num_threads()
+    try:
+        _worker_init(1)
+        assert _n_jobs() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
