@@ -173,14 +173,14 @@ def plot_task(task_data, path, diag: Optional[dict] = None, n_max: int = 3000, s
 def family_table(family: str, records: list[dict], metric: str = "mae", log=print,
                  all_members: bool = False) -> list[dict]:
     """One row per member task with results (or every member): coverage, label shift, mean metric per model."""
-    from .leaderboard import row_label
+    from .leaderboard import row_labels
     from .plugins import registries
     from .tasks import get_task
     by_task: dict = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        t = r["config"]["task"]
-        if t.startswith(family + ":") and not r["adapt"]["k"] and metric in r["metrics"]:
-            by_task[t][row_label(r)].append(float(r["metrics"][metric]))
+    records = [r for r in records if r["config"]["task"].startswith(family + ":") and not r["adapt"]["k"]
+               and metric in r["metrics"]]
+    for r, label in zip(records, row_labels(records)):
+        by_task[r["config"]["task"]][label].append(float(r["metrics"][metric]))
     tasks = sorted(by_task)
     if all_members:
         tasks = [f"{family}:{m}" for m in registries().families.get(family).members()]

@@ -21,11 +21,41 @@ def row_label(rec: dict) -> str:
     return f"{rec['method']['name']} × {b}"
 
 
+def _params(rec: dict) -> dict:
+    return {**{f"M.{k}": v for k, v in rec["method"]["params"].items()},
+            **{f"B.{k}": v for k, v in rec["backbone"]["params"].items()}}
+
+
+def row_labels(records: list[dict]) -> list[str]:
+    """:func:`row_label` of each record, plus the hyperparameters that tell apart records sharing a label.
+
+    Two variants of one method × backbone[preset] in one store (e.g. ``-B input_clip=10`` and without)
+    must not be averaged, or one replace the other's seeds: each gets its own row, named by what differs.
+    """
+    base = [row_label(r) for r in records]
+    sigs: dict = defaultdict(dict)
+    for b, r in zip(base, records):
+        p = _params(r)
+        sigs[b].setdefault(json.dumps(p, sort_keys=True, default=str), p)
+    out = []
+    for b, r in zip(base, records):
+        variants = list(sigs[b].values())
+        if len(variants) == 1:
+            out.append(b)
+            continue
+        keys = sorted({k for v in variants for k in v})
+        differ = [k for k in keys if len({json.dumps(v.get(k), default=str) for v in variants}) > 1]
+        p = _params(r)
+        out.append(b + " {" + ", ".join(f"{k[2:]}={p.get(k)}" for k in differ) + "}")
+    return out
+
+
 def group(records: Iterable[dict]) -> dict:
-    """{(adapt_k, row, task): {seed: record}}; a later record of the same seed replaces an earlier one."""
+    """{(adapt_k, row, task): {seed: record}}; a later record of the same seed and row replaces an earlier one."""
+    records = list(records)
     out: dict = defaultdict(dict)
-    for r in records:
-        out[(r["adapt"]["k"], row_label(r), r["config"]["task"])][r["seed"]] = r
+    for r, label in zip(records, row_labels(records)):
+        out[(r["adapt"]["k"], label, r["config"]["task"])][r["seed"]] = r
     return out
 
 

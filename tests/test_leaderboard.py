@@ -115,3 +115,14 @@ def test_adapted_section_names_the_methods_that_cannot_use_a_pool():
     assert "cannot use a target pool" not in zero
     note = next(ln for ln in adapted.splitlines() if "cannot use a target pool" in ln)
     assert "`cal-ps × irnet`" in note and "`erm × irnet`" in note and "`cal × irnet`" not in note
+
+
+def test_variants_of_one_method_and_backbone_get_their_own_rows():
+    # the same seed of a clipped and an unclipped IR-net used to share a row, one replacing the other
+    clipped = [rec("erm", "a", s, m) for s, m in ((0, 0.3), (1, 0.5))]
+    for r in clipped:
+        r["backbone"] = dict(r["backbone"], params={"input_clip": 10})
+    table, _ = metric_table(group(RECS[:2] + clipped), 0, "mae", False, ["a"])
+    rows = {line[0]: line[1] for line in table}
+    assert rows == {"erm × irnet {input_clip=None}": f"2.0000 ± {np.std([1.0, 3.0], ddof=1):.4f}",
+                    "erm × irnet {input_clip=10}": f"**0.4000 ± {np.std([0.3, 0.5], ddof=1):.4f}**"}
